@@ -1,0 +1,3 @@
+DROP TABLE sessions;
+DROP TABLE outbox;
+DROP TABLE users;

@@ -1,0 +1,368 @@
+//! The `mail.send` v1 envelope: what any service publishes to have a mail sent.
+//!
+//! `shared/schema/mail.send.v1.schema.json` is generated from these types and
+//! kept equal to them by a test, so publishers in other languages can validate
+//! against it.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// The only envelope version this crate reads and writes.
+pub const MAIL_SEND_VERSION: u32 = 1;
+/// Template of the sign-up verification mail; `data` is [`VerifyEmailData`].
+pub const TEMPLATE_VERIFY_EMAIL: &str = "verify_email";
+/// Template of the "you already have an account" mail; `data` is [`AccountExistsData`].
+pub const TEMPLATE_ACCOUNT_EXISTS: &str = "account_exists";
+
+/// A `mail.send` event: one mail to one recipient.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "mail.send v1", extend("$id" = "https://example.invalid/schemas/mail.send.v1.json"))]
+pub struct MailSend {
+    /// Idempotency key, also the AMQP `message_id`.
+    pub id: Uuid,
+    /// Envelope version, always 1.
+    #[schemars(range(min = 1, max = 1))]
+    pub version: u32,
+    /// When the publisher created the event (RFC 3339).
+    pub created_at: DateTime<Utc>,
+    /// Name of the publishing service, for logs and metrics.
+    #[schemars(length(min = 1, max = 100))]
+    pub source: String,
+    /// The recipient.
+    pub to: Recipient,
+    /// BCP 47 language tag such as `ko` or `en`; unknown ones fall back to the mailer's default.
+    #[schemars(length(min = 1, max = 35))]
+    pub locale: String,
+    /// Either a named template with its data, or raw content.
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+/// The recipient of a mail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Recipient {
+    /// The address mail goes to.
+    #[schemars(email, length(min = 3, max = 254))]
+    pub email: String,
+    /// Display name, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 200))]
+    pub name: Option<String>,
+}
+
+/// What the mail holds: a template the mailer knows, or content as given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Body {
+    /// A template of the mailer (`verify_email`, `account_exists`, or an operator's own).
+    Template {
+        /// Template name: lowercase letters, digits and `_`.
+        #[schemars(regex(pattern = r"^[a-z0-9_]{1,64}$"))]
+        template: String,
+        /// The template's variables.
+        data: Map<String, Value>,
+    },
+    /// A mail the publisher rendered itself.
+    Content {
+        /// Subject, HTML and plain-text parts.
+        content: RawContent,
+    },
+}
+
+/// A mail rendered by the publisher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RawContent {
+    /// Subject line (one line).
+    #[schemars(length(min = 1, max = 998))]
+    pub subject: String,
+    /// HTML part.
+    pub html: String,
+    /// Plain-text part.
+    pub text: String,
+}
+
+/// `data` of the `verify_email` template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyEmailData {
+    /// The link that verifies the address and signs the user in.
+    pub verify_url: String,
+    /// When the link stops working.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `data` of the `account_exists` template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountExistsData {
+    /// Where the user can sign in instead.
+    pub login_url: String,
+}
+
+/// Why an envelope was refused. The message goes into the dead-letter headers.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// The body is not JSON at all.
+    #[error("invalid JSON: {0}")]
+    Json(serde_json::Error),
+    /// JSON, but not a `mail.send` v1 envelope.
+    #[error("invalid envelope: {0}")]
+    Invalid(String),
+}
+
+impl MailSend {
+    /// A new envelope for a known template.
+    pub fn template(
+        source: &str,
+        to: Recipient,
+        locale: &str,
+        template: &str,
+        data: impl Serialize,
+    ) -> Self {
+        let data = match serde_json::to_value(data) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        Self {
+            id: Uuid::now_v7(),
+            version: MAIL_SEND_VERSION,
+            created_at: Utc::now(),
+            source: source.to_owned(),
+            to,
+            locale: locale.to_owned(),
+            body: Body::Template {
+                template: template.to_owned(),
+                data,
+            },
+        }
+    }
+
+    /// Parses and validates an envelope, with a reason fit for a dead-letter header.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(EnvelopeError::Json)?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| invalid("the envelope must be a JSON object"))?;
+        match obj.get("version").and_then(Value::as_u64) {
+            Some(v) if v == u64::from(MAIL_SEND_VERSION) => {}
+            Some(v) => return Err(invalid(format!("unsupported version {v}"))),
+            None => return Err(invalid("missing field `version`")),
+        }
+        match (obj.contains_key("template"), obj.contains_key("content")) {
+            (true, true) => return Err(invalid("has both `template` and `content`")),
+            (false, false) => return Err(invalid("needs `template` and `data`, or `content`")),
+            _ => {}
+        }
+        // Deserialize the head and the chosen body separately so that serde's
+        // message names the field at fault instead of "no variant matched".
+        #[derive(Deserialize)]
+        struct Head {
+            id: Uuid,
+            version: u32,
+            created_at: DateTime<Utc>,
+            source: String,
+            to: Recipient,
+            locale: String,
+        }
+        #[derive(Deserialize)]
+        struct TemplateBody {
+            template: String,
+            data: Map<String, Value>,
+        }
+        #[derive(Deserialize)]
+        struct ContentBody {
+            content: RawContent,
+        }
+        let field_err = |e: serde_json::Error| invalid(e.to_string());
+        let head: Head = serde_json::from_value(value.clone()).map_err(field_err)?;
+        let body = if obj.contains_key("template") {
+            let b: TemplateBody = serde_json::from_value(value).map_err(field_err)?;
+            Body::Template {
+                template: b.template,
+                data: b.data,
+            }
+        } else {
+            let b: ContentBody = serde_json::from_value(value).map_err(field_err)?;
+            Body::Content { content: b.content }
+        };
+        let mail = MailSend {
+            id: head.id,
+            version: head.version,
+            created_at: head.created_at,
+            source: head.source,
+            to: head.to,
+            locale: head.locale,
+            body,
+        };
+        mail.validate()?;
+        Ok(mail)
+    }
+
+    /// Checks what the types cannot: address syntax, one-line headers, sane sizes.
+    pub fn validate(&self) -> Result<(), EnvelopeError> {
+        if self.version != MAIL_SEND_VERSION {
+            return Err(invalid(format!("unsupported version {}", self.version)));
+        }
+        let email = &self.to.email;
+        if email.len() > 254 || !email_address::EmailAddress::is_valid(email) {
+            return Err(invalid(format!(
+                "`to.email` is not a valid address: {email:?}"
+            )));
+        }
+        if let Some(name) = &self.to.name {
+            one_line("to.name", name, 200)?;
+        }
+        one_line("source", &self.source, 100)?;
+        if self.source.is_empty() {
+            return Err(invalid("`source` is empty"));
+        }
+        let locale_ok = !self.locale.is_empty()
+            && self.locale.len() <= 35
+            && self
+                .locale
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !locale_ok {
+            return Err(invalid(format!(
+                "`locale` is not a language tag: {:?}",
+                self.locale
+            )));
+        }
+        match &self.body {
+            Body::Template { template, .. } => {
+                let ok = !template.is_empty()
+                    && template.len() <= 64
+                    && template
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !ok {
+                    return Err(invalid(format!(
+                        "`template` must be 1-64 of a-z, 0-9 and _: {template:?}"
+                    )));
+                }
+            }
+            Body::Content { content } => {
+                one_line("content.subject", &content.subject, 998)?;
+                if content.subject.trim().is_empty() {
+                    return Err(invalid("`content.subject` is empty"));
+                }
+                if content.html.is_empty() && content.text.is_empty() {
+                    return Err(invalid("`content` has neither `html` nor `text`"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The envelope as JSON bytes, as published.
+    pub fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a MailSend always serializes")
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> EnvelopeError {
+    EnvelopeError::Invalid(msg.into())
+}
+
+fn one_line(field: &str, value: &str, max: usize) -> Result<(), EnvelopeError> {
+    if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+        return Err(invalid(format!("`{field}` must be one line")));
+    }
+    if value.chars().count() > max {
+        return Err(invalid(format!(
+            "`{field}` is longer than {max} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The JSON Schema of the envelope, as generated from the Rust types.
+pub fn json_schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(MailSend)).expect("schema serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> MailSend {
+        MailSend::template(
+            "account",
+            Recipient {
+                email: "민수@example.com".replace("민수", "minsu"),
+                name: Some("김민수".into()),
+            },
+            "ko",
+            TEMPLATE_VERIFY_EMAIL,
+            VerifyEmailData {
+                verify_url: "http://127.0.0.1:8080/verify?token=abc".into(),
+                expires_at: Utc::now(),
+            },
+        )
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let mail = sample();
+        let parsed = MailSend::from_slice(&mail.to_vec()).unwrap();
+        assert_eq!(parsed, mail);
+        let v: Value = serde_json::from_slice(&mail.to_vec()).unwrap();
+        assert_eq!(v["template"], "verify_email");
+        assert_eq!(v["version"], 1);
+        assert!(v["data"]["verify_url"].is_string());
+    }
+
+    #[test]
+    fn raw_content_parses() {
+        let raw = json!({
+            "id": Uuid::new_v4(), "version": 1, "created_at": "2026-11-24T10:00:00Z",
+            "source": "billing", "to": {"email": "a@example.com"}, "locale": "en",
+            "content": {"subject": "Invoice", "html": "<p>hi</p>", "text": "hi"}
+        });
+        let mail = MailSend::from_slice(raw.to_string().as_bytes()).unwrap();
+        assert!(matches!(mail.body, Body::Content { .. }));
+    }
+
+    fn reason(v: Value) -> String {
+        MailSend::from_slice(v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn bad_envelopes_say_why() {
+        let base = serde_json::to_value(sample()).unwrap();
+        assert!(
+            MailSend::from_slice(b"{not json")
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid JSON")
+        );
+        let mut v = base.clone();
+        v["version"] = json!(2);
+        assert!(reason(v).contains("unsupported version 2"));
+        let mut v = base.clone();
+        v["content"] = json!({"subject": "x", "html": "", "text": "x"});
+        assert!(reason(v).contains("both"));
+        let mut v = base.clone();
+        v.as_object_mut().unwrap().remove("template");
+        assert!(reason(v).contains("needs"));
+        let mut v = base.clone();
+        v["to"]["email"] = json!("not-an-address");
+        assert!(reason(v).contains("to.email"));
+        let mut v = base.clone();
+        v["template"] = json!("../../etc/passwd");
+        assert!(reason(v).contains("template"));
+        let mut v = base.clone();
+        v["to"]["name"] = json!("a\r\nBcc: x@example.com");
+        assert!(reason(v).contains("one line"));
+        let mut v = base.clone();
+        v.as_object_mut().unwrap().remove("id");
+        assert!(reason(v).contains("id"));
+        let mut v = base;
+        v["data"] = json!("text");
+        assert!(reason(v).contains("invalid type"));
+    }
+}

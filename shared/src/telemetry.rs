@@ -1,0 +1,19 @@
+//! Logging, set up once per binary in the same shape in both services.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global tracing subscriber. `json` selects JSON lines; the
+/// filter comes from `RUST_LOG`, or `default_filter` when that is unset.
+pub fn init(json: bool, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second call (tests build several apps in one process) is harmless.
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
