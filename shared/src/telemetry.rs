@@ -5,8 +5,15 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global tracing subscriber. `json` selects JSON lines; the
 /// filter comes from `RUST_LOG`, or `default_filter` when that is unset.
 pub fn init(json: bool, default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default_filter))
+        // lapin logs a returned message with its whole body, which may hold a
+        // verification link; our own code logs the event id instead.
+        .add_directive(
+            "lapin::returned_messages=off"
+                .parse()
+                .expect("static directive"),
+        );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

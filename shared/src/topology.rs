@@ -69,13 +69,13 @@ impl Topology {
 /// A short, stable label for a delay: `5s`, `30s`, `2m`, `10m`, `1h`, `1500ms`.
 pub fn delay_label(delay: Duration) -> String {
     let ms = delay.as_millis();
-    if ms == 0 || ms % 1000 != 0 {
+    if ms == 0 || !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = ms / 1000;
-    if s % 3600 == 0 {
+    if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")

@@ -1,0 +1,157 @@
+//! The AMQP side of the outbox relay: one connection, one confirm channel,
+//! re-established with backoff by the relay when it breaks.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use secrecy::{ExposeSecret, SecretString};
+use shared::Topology;
+use tokio::sync::Mutex;
+
+/// One message to publish.
+pub struct Outgoing<'a> {
+    pub id: uuid::Uuid,
+    pub routing_key: &'a str,
+    pub payload: &'a [u8],
+}
+
+/// What became of one published message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// The broker confirmed it and routed it to at least one queue.
+    Confirmed,
+    /// Not accepted: nacked, or returned because no queue is bound.
+    Refused(String),
+}
+
+/// Publishes to `<prefix>.mail` with confirms and `mandatory`.
+pub struct Publisher {
+    url: SecretString,
+    topology: Topology,
+    state: Mutex<Option<(Connection, Channel)>>,
+    connected: std::sync::atomic::AtomicBool,
+}
+
+impl Publisher {
+    /// A publisher that connects on first use.
+    pub fn new(url: SecretString, topology: Topology) -> Self {
+        Self {
+            url,
+            topology,
+            state: Mutex::new(None),
+            connected: false.into(),
+        }
+    }
+
+    /// Whether the last attempt left a usable connection (for /readyz).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn connect(&self) -> Result<(Connection, Channel), lapin::Error> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("account@{}", std::process::id()).into());
+        let conn = Connection::connect(self.url.expose_secret(), props).await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channel
+            .exchange_declare(
+                self.topology.exchange().as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((conn, channel))
+    }
+
+    /// Checks or establishes the connection.
+    pub async fn ensure_connected(&self) -> Result<(), lapin::Error> {
+        let mut state = self.state.lock().await;
+        self.channel(&mut state).await.map(|_| ())
+    }
+
+    async fn channel<'s>(
+        &self,
+        state: &'s mut Option<(Connection, Channel)>,
+    ) -> Result<&'s Channel, lapin::Error> {
+        let healthy = matches!(state.as_ref(),
+            Some((conn, ch)) if conn.status().connected() && ch.status().connected());
+        if !healthy {
+            *state = None;
+            let pair = self
+                .connect()
+                .await
+                .inspect_err(|_| self.set_connected(false))?;
+            self.set_connected(true);
+            *state = Some(pair);
+        }
+        Ok(&state.as_ref().expect("connected just above").1)
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.connected
+            .store(up, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Publishes a batch and waits for every confirm. A connection error
+    /// drops the connection (the next call reconnects) and fails the batch.
+    pub async fn publish(&self, batch: &[Outgoing<'_>]) -> Result<Vec<Published>, lapin::Error> {
+        let mut state = self.state.lock().await;
+        let channel = self.channel(&mut state).await?;
+        let result = Self::publish_on(channel, &self.topology.exchange(), batch).await;
+        if result.is_err() {
+            *state = None;
+            self.set_connected(false);
+        }
+        result
+    }
+
+    async fn publish_on(
+        channel: &Channel,
+        exchange: &str,
+        batch: &[Outgoing<'_>],
+    ) -> Result<Vec<Published>, lapin::Error> {
+        let mut confirms = Vec::with_capacity(batch.len());
+        for msg in batch {
+            let props = BasicProperties::default()
+                .with_message_id(msg.id.to_string().into())
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_app_id("account".into())
+                .with_timestamp(chrono::Utc::now().timestamp() as u64);
+            let confirm = channel
+                .basic_publish(
+                    exchange.into(),
+                    msg.routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    msg.payload,
+                    props,
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        let mut out = Vec::with_capacity(confirms.len());
+        for confirm in confirms {
+            let confirmation = confirm.await?;
+            out.push(if !confirmation.is_ack() {
+                Published::Refused("the broker nacked the message".into())
+            } else if confirmation.take_message().is_some() {
+                Published::Refused(format!(
+                    "unroutable: no queue is bound to {exchange}; is the mailer running?"
+                ))
+            } else {
+                Published::Confirmed
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,18 @@
+//! The account service: sign-up, e-mail verification by encrypted link,
+//! sessions, and the outbox that hands mail to the mailer through RabbitMQ.
+
+pub mod accounts;
+pub mod broker;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod i18n;
+pub mod outbox;
+pub mod password;
+pub mod ratelimit;
+pub mod routes;
+pub mod schema;
+pub mod sessions;
+pub mod startup;
+pub mod token;

@@ -1,0 +1,201 @@
+//! The transactional outbox: events are written in the same transaction as the
+//! state they describe, and a relay publishes them with publisher confirms.
+//!
+//! The relay is woken right after each commit (no polling delay on the happy
+//! path) and sweeps periodically for the rest (broker outages, other
+//! instances' rows). Rows are claimed with `FOR UPDATE SKIP LOCKED`, so
+//! several instances never publish the same row concurrently; delivery is
+//! at-least-once and the mailer de-duplicates on the event id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use shared::MailSend;
+use shared::topology::MAIL_SEND_ROUTING_KEY;
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+use crate::broker::{Outgoing, Published, Publisher};
+use crate::db::DbPool;
+use crate::schema::outbox;
+
+/// Adds a `mail.send` event to the outbox, inside the caller's transaction.
+pub async fn enqueue(conn: &mut AsyncPgConnection, mail: &MailSend) -> QueryResult<()> {
+    let payload = serde_json::to_value(mail).expect("a MailSend always serializes");
+    diesel::insert_into(outbox::table)
+        .values((
+            outbox::id.eq(mail.id),
+            outbox::routing_key.eq(MAIL_SEND_ROUTING_KEY),
+            outbox::payload.eq(payload),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The result of one relay step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskOutcome {
+    /// This many rows were published and marked.
+    Published(usize),
+    /// Rows were claimed but the broker refused all of them (e.g. unroutable).
+    Refused,
+    /// Nothing to publish.
+    EmptyQueue,
+}
+
+/// Publishes outbox rows to the broker.
+#[derive(Clone)]
+pub struct Relay {
+    pool: DbPool,
+    publisher: Arc<Publisher>,
+    notify: Arc<Notify>,
+    batch_size: i64,
+    sweep_interval: Duration,
+}
+
+type Row = (Uuid, String, serde_json::Value, DateTime<Utc>);
+
+impl Relay {
+    /// A relay over `pool`, publishing through `publisher`.
+    pub fn new(pool: DbPool, publisher: Arc<Publisher>, sweep_interval: Duration) -> Self {
+        Self {
+            pool,
+            publisher,
+            notify: Arc::new(Notify::new()),
+            batch_size: 200,
+            sweep_interval,
+        }
+    }
+
+    /// Wakes the relay: call after committing a transaction that enqueued events.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// The publisher, for readiness checks.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// Claims a batch of unpublished rows, publishes them and marks them published.
+    pub async fn try_execute_task(&self) -> Result<TaskOutcome, anyhow::Error> {
+        let mut conn = self.pool.get().await?;
+        let publisher = self.publisher.clone();
+        let batch_size = self.batch_size;
+        conn.transaction::<_, anyhow::Error, _>(async move |conn| {
+            let rows: Vec<Row> = outbox::table
+                .filter(outbox::published_at.is_null())
+                .order(outbox::created_at)
+                .limit(batch_size)
+                .for_update()
+                .skip_locked()
+                .select((outbox::id, outbox::routing_key, outbox::payload, outbox::created_at))
+                .load(conn)
+                .await?;
+            if rows.is_empty() {
+                return Ok(TaskOutcome::EmptyQueue);
+            }
+            let bodies: Vec<Vec<u8>> = rows
+                .iter()
+                .map(|r| serde_json::to_vec(&r.2).expect("JSON values serialize"))
+                .collect();
+            let batch: Vec<Outgoing<'_>> = rows
+                .iter()
+                .zip(&bodies)
+                .map(|(r, body)| Outgoing { id: r.0, routing_key: &r.1, payload: body })
+                .collect();
+            let results = publisher.publish(&batch).await?;
+            let now = Utc::now();
+            let mut confirmed = Vec::new();
+            for (row, result) in rows.iter().zip(results) {
+                match result {
+                    Published::Confirmed => {
+                        confirmed.push(row.0);
+                        let lag = (now - row.3).to_std().unwrap_or_default();
+                        metrics::histogram!("account_outbox_publish_latency_seconds")
+                            .record(lag.as_secs_f64());
+                    }
+                    Published::Refused(reason) => {
+                        tracing::warn!(event_id = %row.0, %reason, "the broker refused an outbox event; it stays queued");
+                        diesel::update(outbox::table.find(row.0))
+                            .set((
+                                outbox::attempts.eq(outbox::attempts + 1),
+                                outbox::last_error.eq(reason),
+                            ))
+                            .execute(conn)
+                            .await?;
+                    }
+                }
+            }
+            if confirmed.is_empty() {
+                return Ok(TaskOutcome::Refused);
+            }
+            diesel::update(outbox::table.filter(outbox::id.eq_any(&confirmed)))
+                .set((
+                    outbox::published_at.eq(now),
+                    outbox::attempts.eq(outbox::attempts + 1),
+                    outbox::last_error.eq(None::<String>),
+                ))
+                .execute(conn)
+                .await?;
+            metrics::counter!("account_outbox_published_total").increment(confirmed.len() as u64);
+            Ok(TaskOutcome::Published(confirmed.len()))
+        })
+        .await
+    }
+
+    /// Rows not yet published.
+    pub async fn backlog(&self) -> Result<i64, anyhow::Error> {
+        let mut conn = self.pool.get().await?;
+        Ok(outbox::table
+            .filter(outbox::published_at.is_null())
+            .count()
+            .get_result(&mut conn)
+            .await?)
+    }
+
+    /// Runs until `shutdown` turns true; the batch in flight is finished first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+        const MAX_BACKOFF: Duration = Duration::from_secs(30);
+        let mut backoff = FIRST_BACKOFF;
+        let mut sweep = tokio::time::interval(self.sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !*shutdown.borrow() {
+            let pause = match self.try_execute_task().await {
+                Ok(TaskOutcome::Published(n)) if n as i64 == self.batch_size => continue,
+                Ok(TaskOutcome::Published(_)) | Ok(TaskOutcome::EmptyQueue) => {
+                    backoff = FIRST_BACKOFF;
+                    None
+                }
+                Ok(TaskOutcome::Refused) => Some(backoff),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay failed; retrying");
+                    Some(backoff)
+                }
+            };
+            if let Some(delay) = pause {
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = self.notify.notified() => {}
+                _ = sweep.tick() => {
+                    if let Ok(n) = self.backlog().await {
+                        metrics::gauge!("account_outbox_backlog").set(n as f64);
+                    }
+                }
+                _ = shutdown.changed() => {}
+            }
+        }
+        tracing::info!("outbox relay stopped");
+    }
+}

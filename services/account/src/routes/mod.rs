@@ -1,0 +1,81 @@
+//! HTTP routes: the JSON API, the pages, and the operations endpoints.
+
+pub mod api;
+pub mod ops;
+pub mod pages;
+
+use actix_web::HttpRequest;
+use actix_web::cookie::{Cookie, SameSite, time};
+
+use crate::config::Settings;
+use crate::i18n::Lang;
+use crate::startup::AppState;
+
+/// The cookie name: `__Host-` when Secure, which browsers pin to this host and path `/`.
+pub fn cookie_name(settings: &Settings) -> &'static str {
+    if settings.cookie_secure {
+        "__Host-session"
+    } else {
+        "session"
+    }
+}
+
+/// The session cookie carrying `value`.
+pub fn session_cookie(settings: &Settings, value: &str) -> Cookie<'static> {
+    Cookie::build(cookie_name(settings), value.to_owned())
+        .path("/")
+        .http_only(true)
+        .secure(settings.cookie_secure)
+        .same_site(SameSite::Lax)
+        .max_age(time::Duration::seconds(
+            settings.session_ttl.as_secs() as i64
+        ))
+        .finish()
+}
+
+/// A cookie that removes the session cookie.
+pub fn removal_cookie(settings: &Settings) -> Cookie<'static> {
+    let mut c = session_cookie(settings, "");
+    c.make_removal();
+    c
+}
+
+/// The session token sent by the browser, if any.
+pub fn session_token(req: &HttpRequest, settings: &Settings) -> Option<String> {
+    req.cookie(cookie_name(settings))
+        .map(|c| c.value().to_owned())
+}
+
+/// The client address rate limits key on: the peer, or the last X-Forwarded-For
+/// hop when the operator says a proxy sets it.
+pub fn client_key(req: &HttpRequest, settings: &Settings) -> String {
+    if settings.trust_forwarded_for
+        && let Some(hop) = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    {
+        return hop.to_owned();
+    }
+    req.peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The page language: `?lang=`, then Accept-Language, then the default.
+pub fn lang(req: &HttpRequest, state: &AppState) -> Lang {
+    let from_query = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "lang")
+        .and_then(|(_, v)| Lang::from_tag(&v));
+    from_query
+        .or_else(|| {
+            req.headers()
+                .get("accept-language")
+                .and_then(|v| v.to_str().ok())
+                .and_then(Lang::from_accept_language)
+        })
+        .unwrap_or(state.settings.default_locale)
+}

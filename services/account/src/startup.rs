@@ -1,0 +1,276 @@
+//! Builds the application exactly as `main` runs it, so tests run the same thing.
+
+use std::net::TcpListener;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::error::{JsonPayloadError, UrlencodedError};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{App, HttpServer, ResponseError, web};
+use futures_util::FutureExt;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use secrecy::ExposeSecret;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::broker::Publisher;
+use crate::config::Settings;
+use crate::db::{self, DbPool};
+use crate::error::AppError;
+use crate::outbox::Relay;
+use crate::password::Hasher;
+use crate::ratelimit::Limits;
+use crate::routes::{api, ops, pages};
+use crate::token::KeyRing;
+
+/// Largest request body accepted (JSON or form).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub pool: DbPool,
+    pub hasher: Hasher,
+    pub keys: KeyRing,
+    pub relay: Relay,
+    pub limits: Limits,
+    pub pages: pages::Pages,
+    pub metrics: PrometheusHandle,
+}
+
+/// The Prometheus recorder: global to the process, installed once.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .expect("static buckets are valid")
+                .install_recorder()
+                .expect("no other metrics recorder is installed")
+        })
+        .clone()
+}
+
+/// A running service: the HTTP server plus the outbox relay.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    relay_task: JoinHandle<()>,
+    housekeeping: JoinHandle<()>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Prepares the database: creates it if missing (retrying while PostgreSQL starts) and migrates.
+pub async fn prepare_database(settings: &Settings) -> Result<(), anyhow::Error> {
+    let url = settings.database_url.expose_secret();
+    let mut delay = Duration::from_millis(250);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match db::create_database_if_missing(url).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(error = %e, retry_in = ?delay, "database not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.context("the database is unreachable")),
+        }
+    }
+    let applied = db::migrate(url).await?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "applied migrations");
+    }
+    Ok(())
+}
+
+impl Application {
+    /// Prepares the database, binds the listener and starts the relay.
+    pub async fn build(settings: Settings) -> Result<Self, anyhow::Error> {
+        prepare_database(&settings).await?;
+        let pool = db::pool(
+            settings.database_url.expose_secret(),
+            settings.database_pool_size,
+        )?;
+        let keys = match &settings.token_keys {
+            Some(keys) => keys.clone(),
+            None => {
+                tracing::warn!(
+                    "ACCOUNT_TOKEN_KEYS is not set: verification links are sealed with a random key \
+                     that dies with this process; set ACCOUNT_TOKEN_KEYS (see `account keygen`) in production"
+                );
+                KeyRing::ephemeral()
+            }
+        };
+        let publisher = Arc::new(Publisher::new(
+            settings.amqp_url.clone(),
+            settings.topology.clone(),
+        ));
+        let relay = Relay::new(pool.clone(), publisher, settings.outbox_sweep_interval);
+        let limits = Limits::new(settings.rate_limits);
+        let listener = TcpListener::bind(&settings.bind)
+            .map_err(|e| anyhow::anyhow!("cannot listen on ACCOUNT_BIND={}: {e}", settings.bind))?;
+        let port = listener.local_addr()?.port();
+        let workers = settings.workers;
+        let state = web::Data::new(AppState {
+            hasher: Hasher::new(settings.argon2, settings.hash_concurrency),
+            settings: Arc::new(settings),
+            pool: pool.clone(),
+            keys,
+            relay: relay.clone(),
+            limits: limits.clone(),
+            pages: pages::Pages::default(),
+            metrics: metrics_handle(),
+        });
+
+        let server_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(server_state.clone())
+                .app_data(json_config())
+                .app_data(form_config())
+                .wrap_fn(|req, srv| {
+                    let started = Instant::now();
+                    let request_id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|v| {
+                            v.len() <= 64
+                                && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        })
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                    let method = req.method().to_string();
+                    // The route pattern, never the raw path or query: tokens travel in queries.
+                    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+                    let span = tracing::info_span!("request", id = %request_id, %method, %route);
+                    srv.call(req)
+                        .map(move |res: Result<ServiceResponse, actix_web::Error>| {
+                            let status = match &res {
+                                Ok(r) => r.status(),
+                                Err(e) => e.as_response_error().status_code(),
+                            };
+                            let elapsed = started.elapsed().as_secs_f64();
+                            let labels = [
+                                ("method", method),
+                                ("route", route.clone()),
+                                ("status", status.as_u16().to_string()),
+                            ];
+                            metrics::counter!("http_requests_total", &labels).increment(1);
+                            metrics::histogram!("http_request_duration_seconds", &labels)
+                                .record(elapsed);
+                            if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
+                                tracing::debug!(
+                                    status = status.as_u16(),
+                                    ms = elapsed * 1e3,
+                                    "request"
+                                );
+                            } else {
+                                tracing::info!(
+                                    status = status.as_u16(),
+                                    ms = elapsed * 1e3,
+                                    "request"
+                                );
+                            }
+                            res.map(|mut r| {
+                                if let Ok(v) = HeaderValue::from_str(&request_id) {
+                                    r.headers_mut()
+                                        .insert(HeaderName::from_static("x-request-id"), v);
+                                }
+                                r
+                            })
+                        })
+                        .instrument(span)
+                })
+                .configure(api::configure)
+                .configure(pages::configure)
+                .configure(ops::configure)
+                .default_service(web::to(|| async { AppError::NotFound.error_response() }))
+        })
+        .workers(workers)
+        .shutdown_timeout(30)
+        .listen(listener)?
+        .run();
+
+        let (shutdown, rx) = watch::channel(false);
+        let relay_task = tokio::spawn(relay.run(rx.clone()));
+        let housekeeping = tokio::spawn(housekeeping(pool, limits, rx));
+        Ok(Self {
+            port,
+            server,
+            relay_task,
+            housekeeping,
+            shutdown,
+        })
+    }
+
+    /// The bound port (useful with `ACCOUNT_BIND=127.0.0.1:0`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle that stops the server gracefully.
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGINT/SIGTERM (or the handle stops it), then stops the relay after its batch.
+    pub async fn run_until_stopped(self) -> Result<(), anyhow::Error> {
+        let served = self.server.await;
+        let _ = self.shutdown.send(true);
+        let _ = self.relay_task.await;
+        let _ = self.housekeeping.await;
+        served?;
+        Ok(())
+    }
+}
+
+async fn housekeeping(pool: DbPool, limits: Limits, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        limits.purge();
+        if let Ok(mut conn) = pool.get().await {
+            match crate::sessions::purge_expired(&mut conn).await {
+                Ok(n) if n > 0 => tracing::info!(count = n, "purged expired sessions"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not purge expired sessions"),
+            }
+        }
+    }
+}
+
+fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(MAX_BODY_BYTES)
+        .error_handler(|err, _req| {
+            match err {
+                JsonPayloadError::OverflowKnownLength { .. }
+                | JsonPayloadError::Overflow { .. } => AppError::PayloadTooLarge,
+                JsonPayloadError::ContentType => AppError::UnsupportedMediaType,
+                other => AppError::BadRequest(format!("invalid JSON body: {other}")),
+            }
+            .into()
+        })
+}
+
+fn form_config() -> web::FormConfig {
+    web::FormConfig::default()
+        .limit(MAX_BODY_BYTES)
+        .error_handler(|err, _req| {
+            match err {
+                UrlencodedError::Overflow { .. } => AppError::PayloadTooLarge,
+                UrlencodedError::ContentType => AppError::UnsupportedMediaType,
+                other => AppError::BadRequest(format!("invalid form body: {other}")),
+            }
+            .into()
+        })
+}

@@ -1,0 +1,383 @@
+//! The e-mail verification token: AES-256-GCM over a small binary payload,
+//! with the purpose as associated data and a key id so keys can rotate.
+//!
+//! Wire form: `v1.<kid>.<base64url(nonce || ciphertext || tag)>`.
+//! Payload: user id (16 bytes) | epoch (u32) | issued-at (i64 s) | expires-at (i64 s) | e-mail (UTF-8).
+
+use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+use chrono::{DateTime, TimeZone, Utc};
+use uuid::Uuid;
+
+/// The purpose of a verification link; a token sealed for another purpose never opens here.
+pub const VERIFY_EMAIL: &str = "verify-email/v1";
+
+const VERSION: &str = "v1";
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const FIXED_LEN: usize = 16 + 4 + 8 + 8;
+/// Longest token we try to decode: keeps hostile input cheap.
+const MAX_TOKEN_LEN: usize = 1024;
+
+/// What a verification token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub user_id: Uuid,
+    pub email: String,
+    pub epoch: i32,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not of the token's form: truncated, bad base64, wrong version.
+    #[error("the token is malformed")]
+    Malformed,
+    /// The key id is not in the ring (retired, or never ours).
+    #[error("the token's key is unknown")]
+    UnknownKey,
+    /// Authentication failed: tampered, wrong key, or sealed for another purpose.
+    #[error("the token does not authenticate")]
+    Forged,
+    /// Authentic but past its expiry; the claims let us offer a resend.
+    #[error("the token has expired")]
+    Expired(Box<Claims>),
+}
+
+/// An error in the key ring configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyRingError {
+    #[error("empty key ring; expected kid:base64key,...")]
+    Empty,
+    #[error("entry {0} is not kid:base64key")]
+    Entry(usize),
+    #[error("key id {0:?} must be 1-32 of A-Z, a-z, 0-9, '_' or '-'")]
+    KeyId(String),
+    #[error("key {0:?} is not base64 of 32 bytes")]
+    Key(String),
+    #[error("key id {0:?} appears twice")]
+    Duplicate(String),
+}
+
+/// The configured keys: the first seals, all open.
+#[derive(Clone)]
+pub struct KeyRing {
+    keys: Vec<(String, Aes256Gcm)>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.keys.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("KeyRing")
+            .field("kids", &ids)
+            .finish_non_exhaustive()
+    }
+}
+
+fn valid_kid(kid: &str) -> bool {
+    !kid.is_empty()
+        && kid.len() <= 32
+        && kid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl KeyRing {
+    /// Parses `kid:base64key,kid:base64key,...` (standard or URL-safe base64, 32-byte keys).
+    pub fn parse(spec: &str) -> Result<Self, KeyRingError> {
+        let mut keys: Vec<(String, Aes256Gcm)> = Vec::new();
+        for (i, entry) in spec
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .enumerate()
+        {
+            let (kid, key) = entry.split_once(':').ok_or(KeyRingError::Entry(i + 1))?;
+            let (kid, key) = (kid.trim(), key.trim());
+            if !valid_kid(kid) {
+                return Err(KeyRingError::KeyId(kid.to_owned()));
+            }
+            if keys.iter().any(|(k, _)| k == kid) {
+                return Err(KeyRingError::Duplicate(kid.to_owned()));
+            }
+            let bytes = STANDARD
+                .decode(key)
+                .or_else(|_| URL_SAFE.decode(key))
+                .or_else(|_| URL_SAFE_NO_PAD.decode(key))
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| KeyRingError::Key(kid.to_owned()))?;
+            let cipher =
+                Aes256Gcm::new_from_slice(&bytes).map_err(|_| KeyRingError::Key(kid.to_owned()))?;
+            keys.push((kid.to_owned(), cipher));
+        }
+        if keys.is_empty() {
+            return Err(KeyRingError::Empty);
+        }
+        Ok(Self { keys })
+    }
+
+    /// A ring of one fresh random key, for a process without configured keys.
+    pub fn ephemeral() -> Self {
+        Self::parse(&generate_key_spec("ephemeral")).expect("a generated key parses")
+    }
+
+    /// The id of the sealing key.
+    pub fn current_kid(&self) -> &str {
+        &self.keys[0].0
+    }
+
+    /// Encrypts claims for `purpose` with the first key.
+    pub fn seal(&self, purpose: &str, claims: &Claims) -> String {
+        let (kid, cipher) = &self.keys[0];
+        let mut plain = Vec::with_capacity(FIXED_LEN + claims.email.len());
+        plain.extend_from_slice(claims.user_id.as_bytes());
+        plain.extend_from_slice(&claims.epoch.to_be_bytes());
+        plain.extend_from_slice(&claims.issued_at.timestamp().to_be_bytes());
+        plain.extend_from_slice(&claims.expires_at.timestamp().to_be_bytes());
+        plain.extend_from_slice(claims.email.as_bytes());
+        let nonce = Nonce::generate();
+        let sealed = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: &plain,
+                    aad: purpose.as_bytes(),
+                },
+            )
+            .expect("AES-GCM encryption of a small buffer cannot fail");
+        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        format!("{VERSION}.{kid}.{}", URL_SAFE_NO_PAD.encode(out))
+    }
+
+    /// Decrypts and authenticates a token sealed for `purpose`, and checks its expiry at `now`.
+    pub fn open(
+        &self,
+        purpose: &str,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Claims, TokenError> {
+        let token = token.trim();
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let mut parts = token.splitn(3, '.');
+        let (Some(VERSION), Some(kid), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let bytes = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| TokenError::Malformed)?;
+        if bytes.len() < NONCE_LEN + TAG_LEN + FIXED_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let (_, cipher) = self
+            .keys
+            .iter()
+            .find(|(k, _)| k == kid)
+            .ok_or(TokenError::UnknownKey)?;
+        let (nonce, sealed) = bytes.split_at(NONCE_LEN);
+        let nonce = Nonce::try_from(nonce).map_err(|_| TokenError::Malformed)?;
+        let plain = cipher
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: sealed,
+                    aad: purpose.as_bytes(),
+                },
+            )
+            .map_err(|_| TokenError::Forged)?;
+        let claims = decode_claims(&plain).ok_or(TokenError::Forged)?;
+        if now >= claims.expires_at {
+            return Err(TokenError::Expired(Box::new(claims)));
+        }
+        Ok(claims)
+    }
+}
+
+fn decode_claims(plain: &[u8]) -> Option<Claims> {
+    if plain.len() < FIXED_LEN {
+        return None;
+    }
+    let user_id = Uuid::from_slice(&plain[0..16]).ok()?;
+    let epoch = i32::from_be_bytes(plain[16..20].try_into().ok()?);
+    let iat = i64::from_be_bytes(plain[20..28].try_into().ok()?);
+    let exp = i64::from_be_bytes(plain[28..36].try_into().ok()?);
+    let email = std::str::from_utf8(&plain[36..]).ok()?.to_owned();
+    Some(Claims {
+        user_id,
+        email,
+        epoch,
+        issued_at: Utc.timestamp_opt(iat, 0).single()?,
+        expires_at: Utc.timestamp_opt(exp, 0).single()?,
+    })
+}
+
+/// A fresh `kid:base64key` entry for the key ring (`account keygen`).
+pub fn generate_key_spec(kid: &str) -> String {
+    let key = aes_gcm::Key::<Aes256Gcm>::generate();
+    format!("{kid}:{}", STANDARD.encode(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn claims(now: DateTime<Utc>) -> Claims {
+        Claims {
+            user_id: Uuid::new_v4(),
+            email: "지민@example.com".into(),
+            epoch: 3,
+            issued_at: now,
+            expires_at: now + Duration::hours(24),
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.timestamp_opt(Utc::now().timestamp(), 0).unwrap()
+    }
+
+    #[test]
+    fn seals_and_opens() {
+        let ring = KeyRing::ephemeral();
+        let c = claims(now());
+        let token = ring.seal(VERIFY_EMAIL, &c);
+        assert!(token.starts_with("v1.ephemeral."));
+        assert!(
+            token
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+        );
+        assert_eq!(ring.open(VERIFY_EMAIL, &token, now()).unwrap(), c);
+        // A fresh nonce every time: the same claims never give the same token.
+        assert_ne!(token, ring.seal(VERIFY_EMAIL, &c));
+    }
+
+    #[test]
+    fn every_kind_of_bad_token_is_refused() {
+        let ring = KeyRing::ephemeral();
+        let c = claims(now());
+        let token = ring.seal(VERIFY_EMAIL, &c);
+
+        // Tampered: flip one character of the body.
+        let mut chars: Vec<char> = token.chars().collect();
+        let i = chars.len() - 10;
+        chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+        let tampered: String = chars.into_iter().collect();
+        assert_eq!(
+            ring.open(VERIFY_EMAIL, &tampered, now()),
+            Err(TokenError::Forged)
+        );
+        // Truncated.
+        let (head, body) = token.rsplit_once('.').unwrap();
+        let bytes = URL_SAFE_NO_PAD.decode(body).unwrap();
+        let cut = format!(
+            "{head}.{}",
+            URL_SAFE_NO_PAD.encode(&bytes[..bytes.len() - 3])
+        );
+        assert_eq!(
+            ring.open(VERIFY_EMAIL, &cut, now()),
+            Err(TokenError::Forged)
+        );
+        assert!(
+            ring.open(VERIFY_EMAIL, &token[..token.len() - 1], now())
+                .is_err()
+        );
+        assert_eq!(
+            ring.open(VERIFY_EMAIL, &token[..20], now()),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            ring.open(VERIFY_EMAIL, "", now()),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            ring.open(VERIFY_EMAIL, "v2.x.y", now()),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            ring.open(VERIFY_EMAIL, &"v1.a.".repeat(400), now()),
+            Err(TokenError::Malformed)
+        );
+        // Wrong purpose.
+        let other = ring.seal("reset-password/v1", &c);
+        assert_eq!(
+            ring.open(VERIFY_EMAIL, &other, now()),
+            Err(TokenError::Forged)
+        );
+        // Wrong key under the same id.
+        let impostor = KeyRing::ephemeral().seal(VERIFY_EMAIL, &c);
+        assert_eq!(
+            ring.open(VERIFY_EMAIL, &impostor, now()),
+            Err(TokenError::Forged)
+        );
+        // Unknown key id.
+        let foreign = KeyRing::parse(&generate_key_spec("other"))
+            .unwrap()
+            .seal(VERIFY_EMAIL, &c);
+        assert_eq!(
+            ring.open(VERIFY_EMAIL, &foreign, now()),
+            Err(TokenError::UnknownKey)
+        );
+        // Expired.
+        let later = now() + Duration::hours(25);
+        assert_eq!(
+            ring.open(VERIFY_EMAIL, &token, later),
+            Err(TokenError::Expired(Box::new(c)))
+        );
+    }
+
+    #[test]
+    fn retired_keys_still_open_while_in_the_ring() {
+        let old = generate_key_spec("2026a");
+        let new = generate_key_spec("2026b");
+        let before = KeyRing::parse(&old).unwrap();
+        let token = before.seal(VERIFY_EMAIL, &claims(now()));
+        let after = KeyRing::parse(&format!("{new},{old}")).unwrap();
+        assert_eq!(after.current_kid(), "2026b");
+        assert!(after.open(VERIFY_EMAIL, &token, now()).is_ok());
+        assert!(
+            after
+                .seal(VERIFY_EMAIL, &claims(now()))
+                .starts_with("v1.2026b.")
+        );
+        let dropped = KeyRing::parse(&new).unwrap();
+        assert_eq!(
+            dropped.open(VERIFY_EMAIL, &token, now()),
+            Err(TokenError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn key_ring_errors_are_specific() {
+        assert_eq!(KeyRing::parse("").unwrap_err(), KeyRingError::Empty);
+        assert_eq!(
+            KeyRing::parse("nocolon").unwrap_err(),
+            KeyRingError::Entry(1)
+        );
+        assert!(matches!(
+            KeyRing::parse("a.b:AAAA").unwrap_err(),
+            KeyRingError::KeyId(_)
+        ));
+        assert!(matches!(
+            KeyRing::parse("k:AAAA").unwrap_err(),
+            KeyRingError::Key(_)
+        ));
+        let k = generate_key_spec("k");
+        assert!(matches!(
+            KeyRing::parse(&format!("{k},{k}")).unwrap_err(),
+            KeyRingError::Duplicate(_)
+        ));
+        // Debug never shows key material.
+        let ring = KeyRing::parse(&k).unwrap();
+        assert!(!format!("{ring:?}").contains(k.split(':').nth(1).unwrap()));
+    }
+}
