@@ -19,7 +19,10 @@ pub const TEMPLATE_ACCOUNT_EXISTS: &str = "account_exists";
 
 /// A `mail.send` event: one mail to one recipient.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(title = "mail.send v1", extend("$id" = "https://example.invalid/schemas/mail.send.v1.json"))]
+#[schemars(
+    title = "mail.send v1",
+    extend("$id" = "urn:mail-send:v1", "not" = {"required": ["template", "content"]})
+)]
 pub struct MailSend {
     /// Idempotency key, also the AMQP `message_id`.
     pub id: Uuid,

@@ -1,0 +1,207 @@
+//! The built binary, as an operator runs it.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_account");
+
+fn command() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_variable_stops_the_start_with_one_line_naming_it() {
+    for (var, value) in [
+        ("ACCOUNT_PUBLIC_URL", "not a url"),
+        ("ACCOUNT_TOKEN_KEYS", "k1:short"),
+        ("ACCOUNT_COOKIE_SECURE", "perhaps"),
+        ("ACCOUNT_TOKEN_KEYS_FILE", "/nonexistent/keys"),
+    ] {
+        let out = command().env(var, value).output().await.unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+        if var == "ACCOUNT_TOKEN_KEYS" {
+            assert!(
+                !stderr.contains("short"),
+                "no secret in the message: {stderr}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_prints_a_key_the_ring_accepts() {
+    let out = command()
+        .args(["keygen", "2026-11"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(line.starts_with("2026-11:"));
+    account::token::KeyRing::parse(line.trim()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_the_database_and_its_tables() {
+    let db = format!("test_account_{}", Uuid::new_v4().simple());
+    let _guard = Cleanup {
+        db_name: db.clone(),
+        topology: shared::Topology::new("unused").unwrap(),
+    };
+    let out = command()
+        .arg("migrate")
+        .env("ACCOUNT_DATABASE_URL", format!("{PG}/{db}"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let psql = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &db, "-tAc", "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'"])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8(psql.stdout).unwrap();
+    assert_eq!(
+        tables.trim(),
+        "__diesel_schema_migrations,outbox,sessions,users"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_hold_a_password_token_or_session_and_sigterm_exits_cleanly() {
+    let id = Uuid::new_v4().simple().to_string();
+    let db = format!("test_account_{id}");
+    let prefix = format!("test-{id}");
+    let _guard = Cleanup {
+        db_name: db.clone(),
+        topology: shared::Topology::new(&prefix).unwrap(),
+    };
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = command()
+        .env("ACCOUNT_BIND", format!("127.0.0.1:{port}"))
+        .env("ACCOUNT_DATABASE_URL", format!("{PG}/{db}"))
+        .env("ACCOUNT_AMQP_PREFIX", &prefix)
+        .env("ACCOUNT_COOKIE_SECURE", "false")
+        .env("ACCOUNT_LOG_FORMAT", "json")
+        .env("ACCOUNT_ARGON2_MEMORY_KIB", "1024")
+        .env("RUST_LOG", "debug")
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "the service came up");
+    let password = "very-secret-password-42";
+    let res = client
+        .post(format!("{base}/api/v1/signup"))
+        .json(&json!({"email": "logs@example.com", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+
+    // The link is in the outbox row; use it the way a user would.
+    let psql = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            &db,
+            "-tAc",
+            "SELECT payload->'data'->>'verify_url' FROM outbox",
+        ])
+        .output()
+        .unwrap();
+    let url = String::from_utf8(psql.stdout).unwrap().trim().to_owned();
+    let token = token_of(&url);
+    client
+        .get(format!("{base}/verify?token={token}"))
+        .send()
+        .await
+        .unwrap();
+    let res = client
+        .post(format!("{base}/verify"))
+        .form(&[("token", &token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let cookie = set_cookie(res.headers()).unwrap();
+    let session = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_owned();
+    client
+        .get(format!("{base}/api/v1/me"))
+        .header("cookie", format!("session={session}"))
+        .send()
+        .await
+        .unwrap();
+
+    // SIGTERM: graceful stop, exit 0.
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}\n{logs}");
+    assert!(
+        logs.contains("\"route\":\"/verify\""),
+        "request logs are there:\n{logs}"
+    );
+    for secret in [password, token.as_str(), session.as_str(), &token[12..40]] {
+        assert!(
+            !logs.contains(secret),
+            "a secret leaked into the logs:\n{logs}"
+        );
+    }
+}

@@ -1,0 +1,366 @@
+//! `spawn_app()`: the real application on port 0, with its own database and
+//! broker prefix, both removed when the `TestApp` is dropped (even on panic).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use account::config::Settings;
+use account::startup::Application;
+use account::token::{KeyRing, generate_key_spec};
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use shared::config::Env;
+use shared::{MailSend, Topology};
+use uuid::Uuid;
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// One mail event as it arrived on the broker.
+pub struct Captured {
+    pub mail: MailSend,
+    pub raw: Value,
+    pub props: BasicProperties,
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub db_name: String,
+    pub topology: Topology,
+    pub key_spec: String,
+    pub client: reqwest::Client,
+    capture: Option<Capture>,
+}
+
+struct Capture {
+    _conn: Connection,
+    consumer: lapin::Consumer,
+}
+
+pub struct Options {
+    pub env: HashMap<String, String>,
+    /// Declare a queue on the mail exchange that records every event.
+    pub capture: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            env: HashMap::new(),
+            capture: true,
+        }
+    }
+}
+
+impl Options {
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.insert(k.to_owned(), v.to_owned());
+        self
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        shared::telemetry::init(false, "info");
+    }
+}
+
+pub async fn spawn_app_with(opts: Options) -> TestApp {
+    init_logs();
+    let id = Uuid::new_v4().simple().to_string();
+    let db_name = format!("test_account_{id}");
+    let prefix = format!("test-{id}");
+    let key_spec = format!(
+        "{},{}",
+        generate_key_spec("current"),
+        generate_key_spec("old")
+    );
+    let mut vars: HashMap<String, String> = [
+        ("ACCOUNT_BIND", "127.0.0.1:0".to_owned()),
+        ("ACCOUNT_DATABASE_URL", format!("{PG}/{db_name}")),
+        ("ACCOUNT_AMQP_URL", AMQP.to_owned()),
+        ("ACCOUNT_AMQP_PREFIX", prefix.clone()),
+        ("ACCOUNT_TOKEN_KEYS", key_spec.clone()),
+        ("ACCOUNT_COOKIE_SECURE", "false".to_owned()),
+        ("ACCOUNT_RATE_LIMITS", "off".to_owned()),
+        ("ACCOUNT_WORKERS", "2".to_owned()),
+        ("ACCOUNT_DATABASE_POOL_SIZE", "8".to_owned()),
+        // Cheap hashing keeps the suite fast; the default cost has its own unit test.
+        ("ACCOUNT_ARGON2_MEMORY_KIB", "1024".to_owned()),
+        ("ACCOUNT_ARGON2_ITERATIONS", "1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    vars.extend(opts.env);
+    let settings =
+        Settings::from(&Env::from_map("ACCOUNT_", vars.clone())).expect("test settings are valid");
+    let topology = settings.topology.clone();
+
+    let capture = if opts.capture {
+        Some(capture(&topology).await)
+    } else {
+        None
+    };
+    let mut guard = Cleanup {
+        db_name: db_name.clone(),
+        topology: topology.clone(),
+    };
+    let app = Application::build(settings).await.expect("the app starts");
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped());
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    // The cleanup now belongs to the TestApp.
+    guard.db_name.clear();
+    TestApp {
+        base,
+        db_name,
+        topology,
+        key_spec,
+        client,
+        capture,
+    }
+}
+
+/// Declares the exchange as the service does and an exclusive queue bound to it.
+async fn capture(topology: &Topology) -> Capture {
+    let conn = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672");
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        topology.exchange().as_str().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().clone(),
+        topology.exchange().as_str().into(),
+        "mail.send".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "capture".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    Capture {
+        _conn: conn,
+        consumer,
+    }
+}
+
+/// Drops the test database and the broker exchange, on a thread of its own
+/// so it also works while a panic unwinds.
+pub struct Cleanup {
+    pub db_name: String,
+    pub topology: Topology,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.db_name.is_empty() {
+            return;
+        }
+        let db = self.db_name.clone();
+        let exchange = self.topology.exchange();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+                if let Ok(mut c) = AsyncPgConnection::establish(&format!("{PG}/postgres")).await {
+                    let _ =
+                        diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                            .execute(&mut c)
+                            .await;
+                }
+                if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
+                    && let Ok(ch) = conn.create_channel().await
+                {
+                    let _ = ch
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
+                    let _ = conn.close(200, "bye".into()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        drop(Cleanup {
+            db_name: self.db_name.clone(),
+            topology: self.topology.clone(),
+        });
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn signup(&self, email: &str, password: &str) -> reqwest::Response {
+        self.post_json(
+            "/api/v1/signup",
+            json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    pub async fn verify_api(&self, token: &str) -> reqwest::Response {
+        self.post_json("/api/v1/verify", json!({"token": token}))
+            .await
+    }
+
+    pub async fn verify_form(&self, token: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/verify"))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn me(&self) -> reqwest::Response {
+        self.client
+            .get(self.url("/api/v1/me"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The next event on the broker, or panics after `wait`.
+    pub async fn next_event(&mut self, wait: Duration) -> Captured {
+        self.try_next_event(wait)
+            .await
+            .expect("a mail event reached the broker in time")
+    }
+
+    /// The next event on the broker within `wait`, if any.
+    pub async fn try_next_event(&mut self, wait: Duration) -> Option<Captured> {
+        let consumer = &mut self.capture.as_mut().expect("capture is on").consumer;
+        let delivery = tokio::time::timeout(wait, consumer.next())
+            .await
+            .ok()??
+            .ok()?;
+        let raw: Value = serde_json::from_slice(&delivery.data).expect("event is JSON");
+        let mail = MailSend::from_slice(&delivery.data).expect("event is a valid envelope");
+        Some(Captured {
+            mail,
+            raw,
+            props: delivery.properties,
+        })
+    }
+
+    /// A direct connection to the test database.
+    pub async fn db(&self) -> diesel_async::AsyncPgConnection {
+        use diesel_async::AsyncConnection;
+        diesel_async::AsyncPgConnection::establish(&format!("{PG}/{}", self.db_name))
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut c = self.db().await;
+        diesel::sql_query(sql)
+            .get_result::<N>(&mut c)
+            .await
+            .unwrap()
+            .n
+    }
+
+    pub fn keys(&self) -> KeyRing {
+        KeyRing::parse(&self.key_spec).unwrap()
+    }
+
+    /// Only the old (second) key of the ring, as a ring of its own.
+    pub fn old_key(&self) -> KeyRing {
+        KeyRing::parse(self.key_spec.split(',').nth(1).unwrap()).unwrap()
+    }
+}
+
+/// The token inside a verification URL.
+pub fn token_of(url: &str) -> String {
+    let url = url::Url::parse(url).unwrap();
+    url.query_pairs()
+        .find(|(k, _)| k == "token")
+        .unwrap()
+        .1
+        .into_owned()
+}
+
+/// The verification URL of a `verify_email` event.
+pub fn verify_url(c: &Captured) -> String {
+    assert_eq!(c.raw["template"], "verify_email", "{}", c.raw);
+    c.raw["data"]["verify_url"].as_str().unwrap().to_owned()
+}
+
+pub fn set_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+pub const WAIT: Duration = Duration::from_secs(10);

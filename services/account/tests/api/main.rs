@@ -1,0 +1,9 @@
+//! Tests of the account service against the machine's real PostgreSQL and RabbitMQ.
+
+mod binary;
+mod helpers;
+mod outbox;
+mod pages;
+mod sessions;
+mod signup;
+mod verify;

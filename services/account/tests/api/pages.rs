@@ -1,0 +1,199 @@
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_speak_korean_or_english() {
+    let app = spawn_app().await;
+    let get = |path: &str, lang: &str| {
+        app.client
+            .get(app.url(path))
+            .header("accept-language", lang)
+            .send()
+    };
+    let ko = get("/signup", "ko-KR,ko;q=0.9,en;q=0.5").await.unwrap();
+    assert_eq!(ko.headers()["content-language"], "ko");
+    let csp = ko.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let html = ko.text().await.unwrap();
+    assert!(html.contains(r#"<html lang="ko">"#) && html.contains("계정 만들기"));
+    assert!(
+        html.contains(r#"<label for="email">"#) && html.contains(r#"id="email""#),
+        "labelled inputs"
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external assets"
+    );
+
+    let en = get("/login", "en-US").await.unwrap().text().await.unwrap();
+    assert!(en.contains(r#"<html lang="en">"#) && en.contains("Sign in"));
+    // ?lang= overrides the header.
+    let over = get("/login?lang=ko", "en-US")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(over.contains("로그인"));
+    // Unknown languages fall back to the default (English).
+    let fr = get("/signup", "fr-FR").await.unwrap().text().await.unwrap();
+    assert!(fr.contains("Create your account"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_form_flow_signs_up_verifies_and_shows_the_me_page() {
+    let mut app = spawn_app().await;
+    let res = app
+        .client
+        .post(app.url("/signup?lang=ko"))
+        .form(&[("email", "form@example.com"), ("password", "password-123")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    assert!(res.text().await.unwrap().contains("메일함을 확인하세요"));
+    let event = app.next_event(WAIT).await;
+    assert_eq!(event.raw["locale"], "ko");
+    let url = verify_url(&event);
+    assert!(url.ends_with("&lang=ko"), "{url}");
+
+    let res = app.verify_form(&token_of(&url)).await;
+    assert_eq!(res.status(), 303);
+    let me = app.client.get(app.url("/me?lang=ko")).send().await.unwrap();
+    assert_eq!(me.status(), 200);
+    let html = me.text().await.unwrap();
+    assert!(html.contains("form@example.com") && html.contains("내 계정"));
+
+    let res = app.client.post(app.url("/logout")).send().await.unwrap();
+    assert_eq!(res.status(), 303);
+    let me = app.client.get(app.url("/me")).send().await.unwrap();
+    assert_eq!(me.status(), 303, "signed out: redirected to login");
+
+    // Form login, with a Korean error on a wrong password.
+    let bad = app
+        .client
+        .post(app.url("/login?lang=ko"))
+        .form(&[("email", "form@example.com"), ("password", "nope-nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    assert!(bad.text().await.unwrap().contains("올바르지 않습니다"));
+    let good = app
+        .client
+        .post(app.url("/login"))
+        .form(&[("email", "form@example.com"), ("password", "password-123")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(good.status(), 303);
+    assert_eq!(
+        app.client
+            .get(app.url("/me"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn form_errors_render_the_form_again_and_cross_site_posts_are_refused() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .post(app.url("/signup"))
+        .form(&[("email", "nope"), ("password", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("role=\"alert\"") && html.contains("value=\"nope\""));
+
+    let res = app
+        .client
+        .post(app.url("/signup"))
+        .header("origin", "https://evil.example")
+        .form(&[("email", "csrf@example.com"), ("password", "password-123")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(app.count("SELECT count(*) AS n FROM users").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"database": "ok", "broker": "ok"}));
+
+    app.signup("metrics@example.com", "password-123").await;
+    app.verify_api("garbage").await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "http_requests_total{method=\"POST\",route=\"/api/v1/signup\",status=\"202\"}",
+        "http_request_duration_seconds_bucket",
+        "account_signups_total{outcome=\"created\"}",
+        "account_verifications_total{outcome=\"token-invalid\"}",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_the_broker_is_unreachable() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let app = spawn_app_with(
+        Options {
+            capture: false,
+            ..Default::default()
+        }
+        .env(
+            "ACCOUNT_AMQP_URL",
+            &format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        ),
+    )
+    .await;
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["broker"], "down");
+    assert_eq!(body["database"], "ok");
+}
