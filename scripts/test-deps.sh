@@ -3,15 +3,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# PostgreSQL and RabbitMQ run on every machine of ours; start them if stopped.
-if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
-  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
-  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
-fi
-if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
-  rabbitmq-server -detached
-  for _ in $(seq 1 60); do (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && break; sleep 1; done
-fi
+source "$root/scripts/services.sh"
 
 # A Python virtualenv with the real SMTP server the mail tests talk to
 # (aiosmtpd, with STARTTLS and AUTH) and trustme for its private CA.
@@ -21,3 +13,15 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import aiosmtpd, trus
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/tests/support/requirements.txt"
 fi
 export TEST_PYTHON="$venv/bin/python"
+
+# Debian's chromium and playwright-core for the end-to-end browser tests.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+fi
+if [ ! -d "$root/tests/browser/node_modules/playwright-core" ]; then
+  (cd "$root/tests/browser" && npm ci --no-audit --no-fund --silent)
+fi

@@ -1,0 +1,246 @@
+//! Account service benchmark. Run: `scripts/bench-account` (builds release first).
+//!
+//! Prints: argon2 hash time and the hashing limit it implies (cores / hash
+//! time); sign-ups per second at concurrency 16 and 64 with p50/p99;
+//! verifications per second with p50/p99; the same writes as a pgbench
+//! transaction; the service's peak RSS.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::PasswordHasher;
+use argon2::{Algorithm, Argon2, Params, Version};
+use bench::{Latencies, ms, peak_rss_kib, sh};
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432";
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn hash_time() -> Duration {
+    let argon = Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(19456, 2, 1, None).unwrap(),
+    );
+    let _ = argon.hash_password(b"warm-up password");
+    let n = 20;
+    let start = Instant::now();
+    for i in 0..n {
+        let _ = argon
+            .hash_password(format!("password number {i}").as_bytes())
+            .unwrap();
+    }
+    start.elapsed() / n
+}
+
+async fn run_load(
+    client: &reqwest::Client,
+    concurrency: usize,
+    requests: Vec<(String, serde_json::Value)>,
+    expect: u16,
+) -> (f64, Latencies) {
+    let sem = Arc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(requests.len());
+    for (url, body) in requests {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let res = client.post(url).json(&body).send().await.expect("request");
+            assert_eq!(res.status().as_u16(), expect, "{:?}", res.text().await);
+            drop(permit);
+            t.elapsed()
+        }));
+    }
+    let mut lat = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        lat.push(t.await.unwrap());
+    }
+    let rate = lat.len() as f64 / started.elapsed().as_secs_f64();
+    (rate, Latencies(lat))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism()?.get();
+    // The service binary sits beside this one (same cargo profile).
+    let bin = std::env::current_exe()?.with_file_name("account");
+    anyhow::ensure!(
+        bin.exists(),
+        "build first: cargo build --release -p account -p bench"
+    );
+    let signups_16: usize = std::env::var("BENCH_SIGNUPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+
+    println!("# account service benchmark ({cores} cores)");
+    let hash = hash_time();
+    let limit = cores as f64 / hash.as_secs_f64();
+    println!(
+        "argon2id m=19456 t=2 p=1 hash time: {} -> hashing limit {:.1} hashes/s",
+        ms(hash),
+        limit
+    );
+
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let db = format!("bench_account_{id}");
+    let prefix = format!("bench-{id}");
+    // Absorb the events so the relay publishes normally.
+    let amqp = Connection::connect(AMQP, ConnectionProperties::default()).await?;
+    let ch = amqp.create_channel().await?;
+    ch.exchange_declare(
+        format!("{prefix}.mail").as_str().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    ch.queue_bind(
+        q.name().clone(),
+        format!("{prefix}.mail").as_str().into(),
+        "mail.send".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = tokio::process::Command::new(&bin)
+        .env("ACCOUNT_BIND", format!("127.0.0.1:{port}"))
+        .env("ACCOUNT_DATABASE_URL", format!("{PG}/{db}"))
+        .env("ACCOUNT_AMQP_PREFIX", &prefix)
+        .env("ACCOUNT_RATE_LIMITS", "off")
+        .env("ACCOUNT_COOKIE_SECURE", "false")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(128)
+        .build()?;
+    for _ in 0..200 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut n = 0;
+    let mut signups = |count: usize| {
+        (0..count)
+            .map(|_| {
+                n += 1;
+                (format!("{base}/api/v1/signup"), json!({"email": format!("user{n}@bench.example"), "password": "benchmark-password"}))
+            })
+            .collect::<Vec<_>>()
+    };
+    // Warm up connections and caches.
+    run_load(&client, 8, signups(32), 202).await;
+    for (concurrency, count) in [(16, signups_16), (64, signups_16 + 40)] {
+        let (rate, mut lat) = run_load(&client, concurrency, signups(count), 202).await;
+        println!(
+            "sign-up  c={concurrency:<3} {count} requests: {rate:.1}/s ({:.0}% of the hashing limit), p50 {}, p99 {}",
+            100.0 * rate / limit,
+            ms(lat.pct(50.0)),
+            ms(lat.pct(99.0))
+        );
+    }
+    let rss_after_signups = peak_rss_kib(pid).unwrap_or(0);
+
+    // Verification: the tokens come from the outbox.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let urls = sh(&format!(
+        "psql -h 127.0.0.1 -U postgres -d {db} -tAc \"SELECT payload->'data'->>'verify_url' FROM outbox WHERE payload->>'template' = 'verify_email'\""
+    ));
+    let tokens: Vec<String> = urls
+        .lines()
+        .filter_map(|u| url::Url::parse(u.trim()).ok())
+        .filter_map(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.into_owned())
+        })
+        .collect();
+    let verifications: Vec<_> = tokens
+        .iter()
+        .map(|t| (format!("{base}/api/v1/verify"), json!({"token": t})))
+        .collect();
+    let count = verifications.len();
+    let (vrate, mut vlat) = run_load(&client, 16, verifications, 200).await;
+    println!(
+        "verify   c=16  {count} requests: {vrate:.1}/s, p50 {}, p99 {}",
+        ms(vlat.pct(50.0)),
+        ms(vlat.pct(99.0))
+    );
+
+    // The same writes as one pgbench transaction, on the same PostgreSQL.
+    let script = std::env::temp_dir().join(format!("verify-{id}.sql"));
+    std::fs::write(
+        &script,
+        "\\set n random(1, 100000)\n\
+         BEGIN;\n\
+         SELECT id, email_key, verify_epoch, verified_at FROM users WHERE email_key = 'pg' || :n || '@bench.example' FOR UPDATE;\n\
+         UPDATE users SET verified_at = coalesce(verified_at, now()), verify_epoch = verify_epoch + 1 WHERE email_key = 'pg' || :n || '@bench.example';\n\
+         INSERT INTO sessions (token_hash, user_id, expires_at) SELECT sha256(gen_random_uuid()::text::bytea), id, now() + interval '14 days' FROM users WHERE email_key = 'pg' || :n || '@bench.example';\n\
+         END;\n",
+    )?;
+    sh(&format!(
+        "psql -h 127.0.0.1 -U postgres -d {db} -qc \"INSERT INTO users (id, email, email_key, password_hash, locale) SELECT gen_random_uuid(), 'pg' || g || '@bench.example', 'pg' || g || '@bench.example', 'x', 'en' FROM generate_series(1, 100000) g\""
+    ));
+    let pgbench = sh(&format!(
+        "pgbench -h 127.0.0.1 -U postgres -n -c 16 -j 2 -T 10 -f {} {db} 2>&1",
+        script.display()
+    ));
+    let tps: f64 = pgbench
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    println!(
+        "pgbench  c=16  same writes (select for update, update, insert session): {tps:.1} tps"
+    );
+    if tps > 0.0 {
+        println!("verify throughput = {:.0}% of pgbench", 100.0 * vrate / tps);
+    }
+    let rss = peak_rss_kib(pid).unwrap_or(0);
+    println!(
+        "peak RSS of the service: {:.1} MiB after the sign-up floods, {:.1} MiB at the end",
+        rss_after_signups as f64 / 1024.0,
+        rss as f64 / 1024.0
+    );
+
+    let _ = child.kill().await;
+    let _ = std::fs::remove_file(&script);
+    ch.exchange_delete(
+        format!("{prefix}.mail").as_str().into(),
+        ExchangeDeleteOptions::default(),
+    )
+    .await?;
+    sh(&format!(
+        "psql -h 127.0.0.1 -U postgres -d postgres -qc 'DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)'"
+    ));
+    Ok(())
+}
