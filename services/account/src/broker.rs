@@ -94,6 +94,12 @@ impl Publisher {
         Ok(&state.as_ref().expect("connected just above").1)
     }
 
+    /// Drops the connection; the next publish reconnects.
+    pub async fn reset(&self) {
+        *self.state.lock().await = None;
+        self.set_connected(false);
+    }
+
     fn set_connected(&self, up: bool) {
         self.connected
             .store(up, std::sync::atomic::Ordering::Relaxed);

@@ -59,6 +59,9 @@ pub struct Relay {
 
 type Row = (Uuid, String, serde_json::Value, DateTime<Utc>);
 
+/// Longest wait for the broker's confirms of one batch.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Relay {
     /// A relay over `pool`, publishing through `publisher`.
     pub fn new(pool: DbPool, publisher: Arc<Publisher>, sweep_interval: Duration) -> Self {
@@ -108,7 +111,15 @@ impl Relay {
                 .zip(&bodies)
                 .map(|(r, body)| Outgoing { id: r.0, routing_key: &r.1, payload: body })
                 .collect();
-            let results = publisher.publish(&batch).await?;
+            // A broker that accepts the connection but never confirms (e.g. a
+            // memory alarm blocking publishers) must not hold the rows forever.
+            let results = match tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(&batch)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    publisher.reset().await;
+                    anyhow::bail!("the broker did not confirm within {PUBLISH_TIMEOUT:?}");
+                }
+            };
             let now = Utc::now();
             let mut confirmed = Vec::new();
             for (row, result) in rows.iter().zip(results) {
