@@ -1,1 +1,91 @@
-fn main() {}
+//! `mailer` runs the worker; `mailer dead list` and `mailer dead requeue
+//! --all | ID...` handle dead letters.
+
+use mailer::config::{Outbound, Settings};
+use mailer::worker::Worker;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tokio::signal::unix::{SignalKind, signal};
+
+const USAGE: &str = "usage: mailer [run | dead list | dead requeue (--all | ID...)]";
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    shared::telemetry::init(settings.log_json, "info");
+    let result = match args.as_slice() {
+        [] | ["run"] => run(settings).await,
+        ["dead", "list"] => mailer::admin::dead(&settings, None).await.map(|_| ()),
+        ["dead", "requeue", "--all"] => mailer::admin::dead(&settings, Some(None))
+            .await
+            .map(|n| eprintln!("{n} requeued")),
+        ["dead", "requeue", ids @ ..] if !ids.is_empty() => {
+            let ids = ids.iter().map(|s| s.to_string()).collect();
+            mailer::admin::dead(&settings, Some(Some(ids)))
+                .await
+                .map(|n| eprintln!("{n} requeued"))
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = format!("{e:#}"), "mailer failed");
+        std::process::exit(1);
+    }
+}
+
+async fn run(settings: Settings) -> Result<(), anyhow::Error> {
+    if let Outbound::Smtp {
+        user: Some(user), ..
+    } = &settings.outbound
+        && user.contains('@')
+        && !user.eq_ignore_ascii_case(settings.from.email.as_ref())
+    {
+        tracing::warn!(
+            smtp_user = %user, from = %settings.from.email,
+            "MAILER_FROM differs from the SMTP account; Naver (and many providers) reject a From that is not the authenticated account"
+        );
+    }
+    let metrics = PrometheusBuilder::new().install_recorder()?;
+    let worker = Worker::new(settings.clone())?;
+    match worker.channel.check().await {
+        Ok(()) => tracing::info!(
+            channel = worker.channel.name(),
+            "outbound mail is reachable"
+        ),
+        Err(e) => {
+            tracing::warn!(channel = worker.channel.name(), error = %e, "outbound mail is not reachable yet; mail will wait in the retry queues")
+        }
+    }
+    if let Outbound::Dir(dir) = &settings.outbound {
+        tracing::info!(folder = %dir.display(), "no MAILER_SMTP_URL: mail is written to this folder as .eml files");
+    }
+    let (server, port) = mailer::http::serve(&settings.bind, worker.connected.clone(), metrics)?;
+    tracing::info!(port, "health and metrics listening");
+    let server_handle = server.handle();
+    let server_task = tokio::spawn(server);
+
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let consumer = tokio::spawn(worker.run(rx));
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight mail"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing in-flight mail"),
+    }
+    let _ = tx.send(true);
+    let _ = consumer.await;
+    server_handle.stop(true).await;
+    let _ = server_task.await;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! `mailer dead list` and `mailer dead requeue --all | ID...`: look at the
+//! dead letters and send them back to the work queue once the cause is fixed.
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::AMQPValue;
+use lapin::{Connection, ConnectionProperties};
+use secrecy::ExposeSecret;
+
+use crate::config::Settings;
+use crate::worker::{ATTEMPT, DEAD_AT, DEAD_REASON, LAST_ERROR};
+
+fn header(props: &lapin::BasicProperties, name: &str) -> String {
+    match props.headers().as_ref().and_then(|h| h.inner().get(name)) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::LongInt(n)) => n.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+fn id_of(props: &lapin::BasicProperties) -> String {
+    props
+        .message_id()
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Lists dead letters (id, attempts, when, reason) on stdout; leaves them in place.
+/// Requeues the ones whose message id is in `ids` (all of them with `None`); returns how many.
+pub async fn dead(
+    settings: &Settings,
+    requeue: Option<Option<Vec<String>>>,
+) -> Result<usize, anyhow::Error> {
+    let conn = Connection::connect(
+        settings.amqp_url.expose_secret(),
+        ConnectionProperties::default(),
+    )
+    .await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let dead = settings.topology.dead_queue();
+    let mut moved = 0;
+    if requeue.is_none() {
+        println!("id\tattempts\tdead_at\treason");
+    }
+    // Every message taken stays unacked (and so returns to the queue when the
+    // channel closes) unless it was requeued.
+    while let Some(msg) = ch
+        .basic_get(dead.as_str().into(), BasicGetOptions::default())
+        .await?
+    {
+        let props = &msg.delivery.properties;
+        let id = id_of(props);
+        match &requeue {
+            None => println!(
+                "{id}\t{}\t{}\t{}",
+                header(props, ATTEMPT),
+                header(props, DEAD_AT),
+                header(props, DEAD_REASON)
+            ),
+            Some(filter) => {
+                if filter.as_ref().is_some_and(|ids| !ids.contains(&id)) {
+                    continue;
+                }
+                let mut kept = props.headers().clone().unwrap_or_default().inner().clone();
+                kept.retain(|k, _| {
+                    ![ATTEMPT, LAST_ERROR, DEAD_REASON, DEAD_AT].contains(&k.as_str())
+                });
+                let headers = lapin::types::FieldTable::from(kept);
+                let confirm = ch
+                    .basic_publish(
+                        "".into(),
+                        settings.topology.queue().as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &msg.delivery.data,
+                        props.clone().with_headers(headers),
+                    )
+                    .await?
+                    .await?;
+                anyhow::ensure!(
+                    confirm.is_ack() && confirm.take_message().is_none(),
+                    "the broker refused the requeue of {id}"
+                );
+                msg.delivery.ack(BasicAckOptions::default()).await?;
+                moved += 1;
+                println!("requeued {id}");
+            }
+        }
+    }
+    ch.close(200, "done".into()).await?;
+    conn.close(200, "done".into()).await?;
+    Ok(moved)
+}

@@ -1,0 +1,272 @@
+//! `MAILER_*` configuration, read once at start.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use secrecy::{ExposeSecret, SecretString};
+use shared::Topology;
+use shared::config::{ConfigError, Env};
+
+/// Every variable the mailer reads (without the `_FILE` twins of secrets).
+pub const ENV_VARS: &[&str] = &[
+    "MAILER_BIND",
+    "MAILER_AMQP_URL",
+    "MAILER_AMQP_PREFIX",
+    "MAILER_QUEUE_TYPE",
+    "MAILER_PREFETCH",
+    "MAILER_RETRY_DELAYS",
+    "MAILER_SMTP_URL",
+    "MAILER_SMTP_PASSWORD",
+    "MAILER_SMTP_POOL_SIZE",
+    "MAILER_SMTP_TIMEOUT",
+    "MAILER_FROM",
+    "MAILER_MAIL_DIR",
+    "MAILER_TEMPLATE_DIR",
+    "MAILER_DEFAULT_LOCALE",
+    "MAILER_SEND_RATE",
+    "MAILER_SHUTDOWN_TIMEOUT",
+    "MAILER_LOG_FORMAT",
+];
+
+/// The variables that are secrets and so also accept `<NAME>_FILE`.
+pub const SECRET_VARS: &[&str] = &["MAILER_AMQP_URL", "MAILER_SMTP_PASSWORD"];
+
+/// Whether the work queue is a classic or a quorum queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+/// Where mail goes.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// An SMTP server: URL (`smtp://user@host:587?tls=required`, `smtps://...:465`) and password.
+    Smtp {
+        url: SecretString,
+        password: Option<SecretString>,
+        user: Option<String>,
+    },
+    /// A folder of .eml files (development).
+    Dir(PathBuf),
+}
+
+/// The whole configuration of the mailer.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: String,
+    pub amqp_url: SecretString,
+    pub topology: Topology,
+    pub queue_type: QueueType,
+    pub prefetch: u16,
+    pub retry_delays: Vec<Duration>,
+    pub outbound: Outbound,
+    pub smtp_pool_size: u32,
+    pub smtp_timeout: Duration,
+    pub from: Mailbox,
+    pub template_dir: Option<PathBuf>,
+    pub default_locale: String,
+    /// Mails per second at most; `None` for no limit.
+    pub send_rate: Option<u32>,
+    pub shutdown_timeout: Duration,
+    pub log_json: bool,
+}
+
+impl Settings {
+    /// Reads `MAILER_*` from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from(&Env::from_process("MAILER_"))
+    }
+
+    /// Reads the settings from a prepared environment.
+    pub fn from(env: &Env) -> Result<Self, ConfigError> {
+        let amqp_url = env
+            .secret("AMQP_URL")?
+            .map(|s| s.expose_secret().to_owned())
+            .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+            return Err(env.error("AMQP_URL", "expected an amqp:// or amqps:// URL"));
+        }
+        let topology = Topology::new(env.get("AMQP_PREFIX").unwrap_or(""))
+            .map_err(|e| env.error("AMQP_PREFIX", e.to_string()))?;
+        let queue_type = match env.string("QUEUE_TYPE", "classic").as_str() {
+            "classic" => QueueType::Classic,
+            "quorum" => QueueType::Quorum,
+            other => {
+                return Err(env.error(
+                    "QUEUE_TYPE",
+                    format!("expected classic or quorum, got {other:?}"),
+                ));
+            }
+        };
+        let prefetch: u16 = env.parse("PREFETCH", 32)?;
+        if prefetch == 0 {
+            return Err(env.error("PREFETCH", "must be at least 1"));
+        }
+        let retry_delays = env.durations(
+            "RETRY_DELAYS",
+            &[5, 30, 120, 600, 3600].map(Duration::from_secs),
+        )?;
+        if retry_delays.iter().any(|d| d.is_zero()) {
+            return Err(env.error("RETRY_DELAYS", "delays must be greater than 0"));
+        }
+
+        let password = env.secret("SMTP_PASSWORD")?;
+        let outbound = match env.secret("SMTP_URL")? {
+            Some(url) => {
+                let parsed = url::Url::parse(url.expose_secret())
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some())
+                    .ok_or_else(|| {
+                        env.error(
+                            "SMTP_URL",
+                            "expected smtp://user@host:587?tls=required or smtps://user@host:465",
+                        )
+                    })?;
+                if parsed.password().is_some() && password.is_some() {
+                    return Err(env.error(
+                        "SMTP_PASSWORD",
+                        "the password is also in MAILER_SMTP_URL; keep one",
+                    ));
+                }
+                let user = Some(parsed.username().to_owned()).filter(|u| !u.is_empty());
+                let user = user.map(|u| {
+                    url::form_urlencoded::parse(format!("u={u}").as_bytes())
+                        .next()
+                        .map(|(_, v)| v.into_owned())
+                        .unwrap_or(u)
+                });
+                Outbound::Smtp {
+                    url,
+                    password,
+                    user,
+                }
+            }
+            None => Outbound::Dir(PathBuf::from(env.string("MAIL_DIR", "./var/mail"))),
+        };
+
+        let from_raw = env.string("FROM", "no-reply@localhost");
+        let from: Mailbox = from_raw.parse().map_err(|e| {
+            env.error(
+                "FROM",
+                format!("not a mailbox like `Name <addr@host>`: {e}"),
+            )
+        })?;
+
+        let default_locale = env.string("DEFAULT_LOCALE", "en");
+        let send_rate: u32 = env.parse("SEND_RATE", 0)?;
+        let log_json = match env.string("LOG_FORMAT", "text").as_str() {
+            "json" => true,
+            "text" => false,
+            other => {
+                return Err(env.error(
+                    "LOG_FORMAT",
+                    format!("expected json or text, got {other:?}"),
+                ));
+            }
+        };
+        let template_dir = env.optional("TEMPLATE_DIR").map(PathBuf::from);
+        if let Some(dir) = &template_dir
+            && !dir.is_dir()
+        {
+            return Err(env.error("TEMPLATE_DIR", format!("{} is not a folder", dir.display())));
+        }
+
+        Ok(Self {
+            bind: env.string("BIND", "127.0.0.1:9090"),
+            amqp_url: SecretString::from(amqp_url),
+            topology,
+            queue_type,
+            prefetch,
+            retry_delays,
+            outbound,
+            smtp_pool_size: env.parse("SMTP_POOL_SIZE", 4)?.max(1),
+            smtp_timeout: env.duration("SMTP_TIMEOUT", Duration::from_secs(30))?,
+            from,
+            template_dir,
+            default_locale,
+            send_rate: (send_rate > 0).then_some(send_rate),
+            shutdown_timeout: env.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(30))?,
+            log_json,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from(&Env::from_map(
+            "MAILER_",
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        ))
+    }
+
+    #[test]
+    fn defaults_write_mail_to_a_folder() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.bind, "127.0.0.1:9090");
+        assert!(matches!(s.outbound, Outbound::Dir(ref p) if p == &PathBuf::from("./var/mail")));
+        assert_eq!(s.from.email.to_string(), "no-reply@localhost");
+        assert_eq!(s.retry_delays.len(), 5);
+        assert_eq!(s.queue_type, QueueType::Classic);
+    }
+
+    #[test]
+    fn smtp_url_and_user() {
+        let s = settings(&[
+            (
+                "MAILER_SMTP_URL",
+                "smtp://me%40naver.com@smtp.naver.com:587?tls=required",
+            ),
+            ("MAILER_SMTP_PASSWORD", "pw"),
+        ])
+        .unwrap();
+        match s.outbound {
+            Outbound::Smtp { user, password, .. } => {
+                assert_eq!(user.as_deref(), Some("me@naver.com"));
+                assert_eq!(password.unwrap().expose_secret(), "pw");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        for (var, value) in [
+            ("MAILER_AMQP_URL", "http://x"),
+            ("MAILER_AMQP_PREFIX", "a b"),
+            ("MAILER_QUEUE_TYPE", "stream"),
+            ("MAILER_PREFETCH", "0"),
+            ("MAILER_RETRY_DELAYS", "5s,soon"),
+            ("MAILER_SMTP_URL", "http://smtp.example.com"),
+            ("MAILER_FROM", "not a mailbox"),
+            ("MAILER_SEND_RATE", "fast"),
+            ("MAILER_SMTP_TIMEOUT", "long"),
+            ("MAILER_LOG_FORMAT", "xml"),
+            ("MAILER_TEMPLATE_DIR", "/nonexistent/templates"),
+        ] {
+            let err = settings(&[(var, value)]).unwrap_err();
+            assert_eq!(err.var, var, "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_variable_read_is_listed() {
+        let source = include_str!("config.rs");
+        let code = source.split("#[cfg(test)]").next().unwrap();
+        for name in code.split("env.").skip(1).filter_map(|rest| {
+            let rest = rest.split_once('(')?.1;
+            let name = rest.strip_prefix('"')?.split('"').next()?;
+            Some(name.to_owned())
+        }) {
+            let var = format!("MAILER_{name}");
+            assert!(
+                ENV_VARS.contains(&var.as_str()),
+                "{var} is read but not in ENV_VARS"
+            );
+        }
+    }
+}
