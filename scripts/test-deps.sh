@@ -8,7 +8,7 @@ source "$root/scripts/services.sh"
 # A Python virtualenv with the real SMTP server the mail tests talk to
 # (aiosmtpd, with STARTTLS and AUTH) and trustme for its private CA.
 venv="$root/target/test-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import aiosmtpd, trustme' 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import aiosmtpd, trustme, pika' 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/tests/support/requirements.txt"
 fi

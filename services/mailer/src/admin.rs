@@ -18,11 +18,19 @@ fn header(props: &lapin::BasicProperties, name: &str) -> String {
     }
 }
 
-fn id_of(props: &lapin::BasicProperties) -> String {
+/// The AMQP message id, or the envelope's `id` for publishers that set none.
+fn id_of(props: &lapin::BasicProperties, body: &[u8]) -> String {
     props
         .message_id()
         .as_ref()
         .map(|s| s.to_string())
+        .or_else(|| {
+            serde_json::from_slice::<serde_json::Value>(body)
+                .ok()?
+                .get("id")?
+                .as_str()
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| "-".into())
 }
 
@@ -51,7 +59,7 @@ pub async fn dead(
         .await?
     {
         let props = &msg.delivery.properties;
-        let id = id_of(props);
+        let id = id_of(props, &msg.delivery.data);
         match &requeue {
             None => println!(
                 "{id}\t{}\t{}\t{}",

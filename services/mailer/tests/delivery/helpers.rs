@@ -1,0 +1,359 @@
+//! A real SMTP server (aiosmtpd, STARTTLS + AUTH), the mailer binary as a
+//! process, and a broker prefix of the test's own, removed at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::Value;
+use shared::Topology;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const USER: &str = "sender@naver.test";
+pub const PASSWORD: &str = "app-password-123";
+pub const RETRIES: &str = "300ms,600ms,1s";
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn python() -> PathBuf {
+    let p = std::env::var_os("TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/test-venv/bin/python"));
+    assert!(
+        p.exists(),
+        "the test SMTP server needs its virtualenv: run scripts/test (or source scripts/test-deps.sh)"
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Everything one test owns: a temp folder, a broker prefix.
+pub struct Env {
+    pub dir: PathBuf,
+    pub topology: Topology,
+    pub smtp_port: u16,
+    /// Every retry ladder a mailer of this test declared, for the cleanup.
+    ladders: std::sync::Mutex<Vec<String>>,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let id = Uuid::new_v4().simple().to_string();
+        let dir = std::env::temp_dir().join(format!("mailer-test-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            dir,
+            topology: Topology::new(&format!("test-{id}")).unwrap(),
+            smtp_port: free_port(),
+            ladders: std::sync::Mutex::new(vec![RETRIES.to_owned(), "5s,30s,2m,10m,1h".to_owned()]),
+        }
+    }
+
+    pub fn pki(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
+    pub fn inbox(&self) -> PathBuf {
+        self.dir.join("inbox")
+    }
+
+    /// Starts aiosmtpd on this test's port.
+    pub async fn smtp(&self) -> Smtp {
+        let mut child = Command::new(python())
+            .arg(root().join("tests/support/smtpd.py"))
+            .args([
+                "--port",
+                &self.smtp_port.to_string(),
+                "--user",
+                USER,
+                "--password",
+                PASSWORD,
+            ])
+            .arg("--dir")
+            .arg(self.inbox())
+            .arg("--pki")
+            .arg(self.pki())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(line.starts_with("READY"), "{line}");
+        Smtp { _child: child }
+    }
+
+    /// The mailer's environment pointed at this test's SMTP server.
+    pub fn mailer_env(&self) -> Vec<(String, String)> {
+        [
+            ("MAILER_BIND", "127.0.0.1:0".to_owned()),
+            ("MAILER_AMQP_URL", AMQP.to_owned()),
+            ("MAILER_AMQP_PREFIX", self.topology.prefix().to_owned()),
+            (
+                "MAILER_SMTP_URL",
+                format!(
+                    "smtp://{}@127.0.0.1:{}?tls=required",
+                    USER.replace('@', "%40"),
+                    self.smtp_port
+                ),
+            ),
+            ("MAILER_SMTP_PASSWORD", PASSWORD.to_owned()),
+            ("MAILER_FROM", format!("계정 서비스 <{USER}>")),
+            ("MAILER_RETRY_DELAYS", RETRIES.to_owned()),
+            ("MAILER_SMTP_TIMEOUT", "5s".to_owned()),
+            (
+                "SSL_CERT_FILE",
+                self.pki().join("ca.pem").display().to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Starts the mailer binary; waits until its queue exists.
+    pub async fn mailer(&self, extra: &[(&str, &str)]) -> Mailer {
+        // The CA must exist before the mailer loads its roots.
+        if !self.pki().join("ca.pem").exists() {
+            drop(self.smtp().await);
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailer"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in self.mailer_env() {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+            if *k == "MAILER_RETRY_DELAYS" {
+                self.ladders.lock().unwrap().push(v.to_string());
+            }
+        }
+        if std::env::var_os("TEST_LOG").is_none() {
+            cmd.stderr(Stdio::null());
+        }
+        let child = cmd.kill_on_drop(true).spawn().unwrap();
+        let broker = Broker::connect().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while broker.count(&self.topology.queue()).await.is_none() {
+            assert!(Instant::now() < deadline, "the mailer declared its queue");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Mailer { child }
+    }
+
+    /// The decoded summaries of every mail the SMTP server accepted, in order.
+    pub fn received(&self) -> Vec<Value> {
+        let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(self.inbox())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter_map(|p| Some((p.file_stem()?.to_str()?.parse().ok()?, p)))
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|(_, p)| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+            .collect()
+    }
+
+    /// Waits until at least `n` mails arrived.
+    pub async fn wait_for_mail(&self, n: usize, within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.received();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let t = self.topology.clone();
+        let ladders = self.ladders.lock().map(|l| l.join(",")).unwrap_or_default();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                let Ok(ch) = conn.create_channel().await else {
+                    return;
+                };
+                let mut queues = vec![t.queue(), t.dead_queue()];
+                for d in ladders.split(',') {
+                    queues.push(t.retry_queue(humantime::parse_duration(d).unwrap()));
+                }
+                for q in queues {
+                    let _ = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                let _ = ch
+                    .exchange_delete(
+                        t.exchange().as_str().into(),
+                        ExchangeDeleteOptions::default(),
+                    )
+                    .await;
+                let _ = conn.close(200, "bye".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// The running SMTP server; killed when dropped.
+pub struct Smtp {
+    _child: Child,
+}
+
+pub struct Mailer {
+    pub child: Child,
+}
+
+impl Mailer {
+    /// SIGTERM, then the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(40), self.child.wait())
+            .await
+            .expect("the mailer exits after SIGTERM")
+            .unwrap()
+    }
+}
+
+/// A plain AMQP client for publishing and inspecting queues.
+pub struct Broker {
+    _conn: Connection,
+    ch: lapin::Channel,
+}
+
+impl Broker {
+    pub async fn connect() -> Self {
+        let conn = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672");
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        Self { _conn: conn, ch }
+    }
+
+    /// Publishes raw bytes to the mail exchange, as any publisher would.
+    pub async fn publish(&self, t: &Topology, body: &[u8]) {
+        let confirm = self
+            .ch
+            .basic_publish(
+                t.exchange().as_str().into(),
+                "mail.send".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(
+            confirm.is_ack() && confirm.take_message().is_none(),
+            "routed to the mailer's queue"
+        );
+    }
+
+    /// Messages ready in a queue, or None if it does not exist.
+    pub async fn count(&self, queue: &str) -> Option<u32> {
+        let ch = self._conn.create_channel().await.ok()?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        let _ = ch.close(200, "".into()).await;
+        Some(q.message_count())
+    }
+
+    /// Takes every message from a queue: (headers as JSON-ish strings, body).
+    pub async fn drain(&self, queue: &str) -> Vec<(BasicProperties, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Ok(Some(msg)) = self
+            .ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+        {
+            out.push((msg.delivery.properties.clone(), msg.delivery.data.clone()));
+        }
+        out
+    }
+}
+
+pub fn header(props: &BasicProperties, name: &str) -> Option<String> {
+    use lapin::types::AMQPValue;
+    match props.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::LongInt(n) => Some(n.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+pub async fn wait_until<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

@@ -1,0 +1,460 @@
+//! The mailer binary against the machine's RabbitMQ and a real SMTP server
+//! (aiosmtpd) that requires STARTTLS and AUTH, like smtp.naver.com:587.
+
+mod helpers;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use helpers::*;
+use serde_json::json;
+use shared::envelope::{TEMPLATE_VERIFY_EMAIL, VerifyEmailData};
+use shared::{MailSend, Recipient};
+
+fn verify_event(to: &str, locale: &str, url: &str) -> MailSend {
+    MailSend::template(
+        "account",
+        Recipient {
+            email: to.to_owned(),
+            name: Some("김민수".into()),
+        },
+        locale,
+        TEMPLATE_VERIFY_EMAIL,
+        VerifyEmailData {
+            verify_url: url.to_owned(),
+            expires_at: Utc::now() + chrono::Duration::hours(24),
+        },
+    )
+}
+
+fn long_link() -> String {
+    // As long as a real verification link, with every character a token uses.
+    format!(
+        "http://127.0.0.1:8080/verify?token=v1.k20261124.{}-_x{}&lang=ko",
+        "AbC9".repeat(40),
+        "Zz0_-".repeat(12)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_a_korean_verification_mail_over_starttls_with_auth() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let _mailer = env.mailer(&[]).await;
+    let broker = Broker::connect().await;
+    let link = long_link();
+    let event = verify_event("minsu@example.com", "ko", &link);
+    broker.publish(&env.topology, &event.to_vec()).await;
+
+    let mails = env.wait_for_mail(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    let m = &mails[0];
+    assert_eq!(m["tls"], true, "STARTTLS was used");
+    assert_eq!(m["auth_login"], USER, "AUTH was used");
+    assert_eq!(m["mail_from"], USER);
+    assert_eq!(m["rcpt_tos"], json!(["minsu@example.com"]));
+    assert_eq!(m["subject"], "이메일 주소를 확인해 주세요");
+    assert_eq!(m["from"], format!("계정 서비스 <{USER}>"));
+    assert_eq!(m["to"], "김민수 <minsu@example.com>");
+    assert_eq!(m["content_type"], "multipart/alternative");
+    assert_eq!(m["auto_submitted"], "auto-generated");
+    assert_eq!(m["message_id"], format!("<{}@naver.test>", event.id));
+    let text = m["text"].as_str().unwrap();
+    let html = m["html"].as_str().unwrap();
+    assert!(
+        text.contains(&link),
+        "the link is intact in the text part:\n{text}"
+    );
+    let href = format!("href=\"{}\"", link.replace('&', "&amp;"));
+    assert!(
+        html.contains(&href),
+        "the link is intact in the HTML part:\n{html}"
+    );
+    assert!(html.contains("김민수님"));
+    // Nothing left behind in any queue.
+    assert_eq!(broker.count(&env.topology.queue()).await, Some(0));
+    assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_event_from_another_language_is_delivered_as_given() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let _mailer = env.mailer(&[]).await;
+    // Python and pika, not our Rust types.
+    let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| {
+        root()
+            .join("target/test-venv/bin/python")
+            .display()
+            .to_string()
+    });
+    let out = std::process::Command::new(python)
+        .arg(root().join("tests/support/publish_mail.py"))
+        .args([
+            "--prefix",
+            env.topology.prefix(),
+            "--to",
+            "jisoo@example.com",
+            "--name",
+            "박지수",
+            "--locale",
+            "ko",
+        ])
+        .args([
+            "--subject",
+            "청구서가 도착했습니다 ✉",
+            "--html",
+            "<p>금액: <b>12,000원</b></p>",
+            "--text",
+            "금액: 12,000원",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mails = env.wait_for_mail(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0]["subject"], "청구서가 도착했습니다 ✉");
+    assert_eq!(
+        mails[0]["html"].as_str().unwrap().trim(),
+        "<p>금액: <b>12,000원</b></p>"
+    );
+    assert_eq!(mails[0]["text"].as_str().unwrap().trim(), "금액: 12,000원");
+    assert_eq!(mails[0]["message_id"], format!("<{id}@naver.test>"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_down_then_up_gets_the_mail_once_after_retries() {
+    let env = Env::new();
+    drop(env.smtp().await); // make the CA, then stop: the server is down
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _mailer = env
+        .mailer(&[("MAILER_RETRY_DELAYS", "500ms,1s,2s,4s,8s")])
+        .await;
+    let broker = Broker::connect().await;
+    let event = verify_event(
+        "later@example.com",
+        "en",
+        "http://127.0.0.1:8080/verify?token=v1.k.x",
+    );
+    broker.publish(&env.topology, &event.to_vec()).await;
+    // Give it time to fail at least twice.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(env.received().is_empty());
+    let _smtp = env.smtp().await;
+    let mails = env.wait_for_mail(1, Duration::from_secs(30)).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0]["subject"], "Confirm your e-mail address");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.received().len(), 1, "delivered once");
+    assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_and_exhausted_failures_are_dead_lettered_with_their_reason() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let _mailer = env.mailer(&[]).await;
+    let broker = Broker::connect().await;
+    let rejected = verify_event("nobody@reject.test", "en", "http://x.example/v");
+    let tempfail = verify_event("busy@tempfail.test", "en", "http://x.example/v");
+    broker.publish(&env.topology, &rejected.to_vec()).await;
+    broker.publish(&env.topology, &tempfail.to_vec()).await;
+    let dead = env.topology.dead_queue();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            broker.count(&dead).await == Some(2)
+        })
+        .await
+    );
+    let mut letters = broker.drain(&dead).await;
+    letters.sort_by_key(|(p, _)| header(p, "x-attempt"));
+    let (p, body) = &letters[0];
+    assert_eq!(MailSend::from_slice(body).unwrap().id, rejected.id);
+    let reason = header(p, "x-dead-reason").unwrap();
+    assert!(reason.starts_with("permanent: SMTP 550"), "{reason}");
+    assert_eq!(
+        header(p, "x-attempt").as_deref(),
+        Some("1"),
+        "a 5xx is not retried"
+    );
+    let (p, body) = &letters[1];
+    assert_eq!(MailSend::from_slice(body).unwrap().id, tempfail.id);
+    let reason = header(p, "x-dead-reason").unwrap();
+    assert!(
+        reason.starts_with("retries exhausted after 4 attempts: SMTP 451"),
+        "{reason}"
+    );
+    assert!(env.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_and_the_next_good_one_is_delivered() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let _mailer = env.mailer(&[]).await;
+    let broker = Broker::connect().await;
+    let mut unknown = verify_event("a@example.com", "en", "http://x.example/v");
+    if let shared::Body::Template { template, .. } = &mut unknown.body {
+        *template = "no_such_template".into();
+    }
+    broker.publish(&env.topology, b"{this is not json").await;
+    broker
+        .publish(
+            &env.topology,
+            br#"{"version": 1, "to": {"email": "a@example.com"}}"#,
+        )
+        .await;
+    broker.publish(&env.topology, &unknown.to_vec()).await;
+    let good = verify_event("good@example.com", "ko", "http://x.example/v?token=ok");
+    broker.publish(&env.topology, &good.to_vec()).await;
+
+    let mails = env.wait_for_mail(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0]["rcpt_tos"], json!(["good@example.com"]));
+    let dead = env.topology.dead_queue();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            broker.count(&dead).await == Some(3)
+        })
+        .await
+    );
+    let reasons: Vec<String> = broker
+        .drain(&dead)
+        .await
+        .iter()
+        .map(|(p, _)| header(p, "x-dead-reason").unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("invalid JSON")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("invalid envelope")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("unknown template \"no_such_template\"")),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_burst_loses_nothing() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let mailer = env.mailer(&[("MAILER_PREFETCH", "8")]).await;
+    let broker = Broker::connect().await;
+    let n = 150;
+    let mut ids = HashSet::new();
+    for i in 0..n {
+        let e = verify_event(&format!("burst{i}@example.com"), "en", "http://x.example/v");
+        ids.insert(format!("<{}@naver.test>", e.id));
+        broker.publish(&env.topology, &e.to_vec()).await;
+    }
+    // Stop it mid-burst.
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            !env.received().is_empty()
+        })
+        .await
+    );
+    let status = mailer.terminate().await;
+    assert!(status.success(), "exit 0 after SIGTERM: {status:?}");
+    let delivered = env.received().len();
+    let queued = broker.count(&env.topology.queue()).await.unwrap() as usize;
+    assert_eq!(
+        delivered + queued,
+        n,
+        "every mail is either delivered or still queued"
+    );
+
+    // A new mailer finishes the rest; each mail arrives exactly once.
+    let _again = env.mailer(&[]).await;
+    let mails = env.wait_for_mail(n, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got: Vec<String> = env
+        .received()
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(mails.len(), n);
+    assert_eq!(got.iter().cloned().collect::<HashSet<_>>(), ids);
+    assert_eq!(got.len(), n, "no duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_listed_and_requeued_after_the_cause_is_fixed() {
+    let env = Env::new();
+    // Templates from an operator folder that lacks `welcome` at first.
+    let templates = env.dir.join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    let _smtp = env.smtp().await;
+    let mailer = env
+        .mailer(&[("MAILER_TEMPLATE_DIR", templates.to_str().unwrap())])
+        .await;
+    let broker = Broker::connect().await;
+    let mut welcome = verify_event("new@example.com", "ko", "http://x.example/v");
+    if let shared::Body::Template { template, data } = &mut welcome.body {
+        *template = "welcome".into();
+        data.insert("who".into(), json!("민지"));
+    }
+    broker.publish(&env.topology, &welcome.to_vec()).await;
+    let dead = env.topology.dead_queue();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            broker.count(&dead).await == Some(1)
+        })
+        .await
+    );
+
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mailer"));
+        cmd.args(args).env_clear();
+        for (k, v) in env.mailer_env() {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let list = cli(&["dead", "list"]);
+    assert!(list.status.success());
+    let listing = String::from_utf8(list.stdout).unwrap();
+    assert!(
+        listing.contains(&welcome.id.to_string())
+            && listing.contains("unknown template \"welcome\""),
+        "{listing}"
+    );
+    assert_eq!(
+        broker.count(&dead).await,
+        Some(1),
+        "listing leaves the letters in place"
+    );
+
+    // Fix the cause: add the template, restart the mailer, requeue by id.
+    let dir = templates.join("welcome/ko");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("subject.txt"), "환영합니다, {{ who }}님").unwrap();
+    std::fs::write(dir.join("body.html"), "<p>{{ who }}님, 환영합니다.</p>").unwrap();
+    std::fs::write(dir.join("body.txt"), "{{ who }}님, 환영합니다.").unwrap();
+    assert!(mailer.terminate().await.success());
+    let _mailer = env
+        .mailer(&[("MAILER_TEMPLATE_DIR", templates.to_str().unwrap())])
+        .await;
+    let requeue = cli(&["dead", "requeue", &welcome.id.to_string()]);
+    assert!(
+        requeue.status.success(),
+        "{}",
+        String::from_utf8_lossy(&requeue.stderr)
+    );
+    let mails = env.wait_for_mail(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0]["subject"], "환영합니다, 민지님");
+    assert_eq!(broker.count(&dead).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_variable_stops_the_start_with_one_line_naming_it() {
+    for (var, value) in [
+        ("MAILER_SMTP_URL", "http://nope"),
+        ("MAILER_FROM", "not a mailbox"),
+        ("MAILER_RETRY_DELAYS", "soon"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailer"))
+            .env_clear()
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_smtp_mail_goes_to_a_folder_and_health_endpoints_answer() {
+    let env = Env::new();
+    let port = free_port();
+    let folder = env.dir.join("mail");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailer"));
+    cmd.env_clear()
+        .env("MAILER_AMQP_PREFIX", env.topology.prefix())
+        .env("MAILER_BIND", format!("127.0.0.1:{port}"))
+        .env("MAILER_MAIL_DIR", &folder)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            client
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let broker = Broker::connect().await;
+    let link = "http://127.0.0.1:8080/verify?token=v1.dev.abc&lang=en";
+    broker
+        .publish(
+            &env.topology,
+            &verify_event("laptop@example.com", "en", link).to_vec(),
+        )
+        .await;
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            std::fs::read_dir(&folder)
+                .map(|d| d.count() > 0)
+                .unwrap_or(false)
+        })
+        .await
+    );
+    let eml = std::fs::read_dir(&folder)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(eml.extension().unwrap(), "eml");
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mailer_messages_total{template=\"verify_email\",outcome=\"sent\"} 1"),
+        "{metrics}"
+    );
+    // The dev log carries the link, so a laptop needs no inbox.
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains(link), "{log}");
+}

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""A real SMTP server for the tests: aiosmtpd with STARTTLS and AUTH required,
+the way Naver's smtp.naver.com:587 is. Not ours: aiosmtpd does the protocol;
+this file only configures it and records what it accepted.
+
+    smtpd.py --port PORT --dir OUT --pki PKI --user USER --password PW
+
+PKI holds ca.pem/cert.pem/key.pem (made with trustme on first use, reused
+after, so a client started with SSL_CERT_FILE=PKI/ca.pem trusts every
+restart). Every accepted message is saved as OUT/<n>.eml plus OUT/<n>.json
+(decoded by Python's email package: subject, text and html parts, headers).
+Recipients at reject.test get 550, at tempfail.test 451. Prints
+"READY <port>" once listening.
+"""
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import signal
+import ssl
+import sys
+from email import policy
+from email.parser import BytesParser
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+def pki(directory):
+    os.makedirs(directory, exist_ok=True)
+    ca_pem, cert_pem, key_pem = (os.path.join(directory, n) for n in ("ca.pem", "cert.pem", "key.pem"))
+    if not os.path.exists(key_pem):
+        import trustme
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        ca.cert_pem.write_to_path(ca_pem)
+        cert.cert_chain_pems[0].write_to_path(cert_pem)
+        for extra in cert.cert_chain_pems[1:]:
+            with open(cert_pem, "ab") as f:
+                f.write(extra.bytes())
+        cert.private_key_pem.write_to_path(key_pem)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_pem, key_pem)
+    return ctx
+
+
+class Recorder:
+    def __init__(self, out):
+        self.out = out
+        self.counter = itertools.count(1)
+        os.makedirs(out, exist_ok=True)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        domain = address.rsplit("@", 1)[-1].lower()
+        if domain == "reject.test":
+            return "550 5.1.1 Recipient address rejected: mailbox unavailable"
+        if domain == "tempfail.test":
+            return "451 4.3.0 Temporary failure, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        n = next(self.counter)
+        raw = envelope.original_content or envelope.content
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        msg = BytesParser(policy=policy.default).parsebytes(raw)
+        text = msg.get_body(preferencelist=("plain",))
+        html = msg.get_body(preferencelist=("html",))
+        summary = {
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": envelope.rcpt_tos,
+            "auth_login": session.auth_data if session.authenticated else None,
+            "tls": session.ssl is not None,
+            "subject": str(msg["subject"]),
+            "from": str(msg["from"]),
+            "to": str(msg["to"]),
+            "message_id": str(msg["message-id"]),
+            "auto_submitted": str(msg["auto-submitted"]),
+            "content_type": msg.get_content_type(),
+            "text": text.get_content() if text is not None else None,
+            "html": html.get_content() if html is not None else None,
+        }
+        tmp = os.path.join(self.out, f".{n}.tmp")
+        with open(os.path.join(self.out, f"{n}.eml"), "wb") as f:
+            f.write(raw)
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(summary, f, ensure_ascii=False)
+        os.rename(tmp, os.path.join(self.out, f"{n}.json"))
+        return "250 2.0.0 Message accepted for delivery"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--dir", required=True)
+    p.add_argument("--pki", required=True)
+    p.add_argument("--user", required=True)
+    p.add_argument("--password", required=True)
+    a = p.parse_args()
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login.decode() == a.user
+            and auth_data.password.decode() == a.password
+        )
+        return AuthResult(success=ok, auth_data=auth_data.login.decode() if ok else None)
+
+    controller = Controller(
+        Recorder(a.dir),
+        hostname="127.0.0.1",
+        port=a.port,
+        tls_context=pki(a.pki),
+        require_starttls=True,
+        auth_required=True,
+        auth_require_tls=True,
+        authenticator=authenticator,
+        ready_timeout=10,
+    )
+    controller.start()
+    print(f"READY {controller.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.new_event_loop()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, stop.set)
+    loop.run_until_complete(stop.wait())
+    controller.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
