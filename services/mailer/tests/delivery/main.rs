@@ -435,17 +435,21 @@ async fn without_smtp_mail_goes_to_a_folder_and_health_endpoints_answer() {
         .unwrap()
         .path();
     assert_eq!(eml.extension().unwrap(), "eml");
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Counted once the message is acked, just after the file is written.
+    let sent = "mailer_messages_total{template=\"verify_email\",outcome=\"sent\"} 1";
     assert!(
-        metrics.contains("mailer_messages_total{template=\"verify_email\",outcome=\"sent\"} 1"),
-        "{metrics}"
+        wait_until(Duration::from_secs(10), || async {
+            let m = client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            m.contains(sent) && m.contains("mailer_smtp_seconds_bucket")
+        })
+        .await
     );
     // The dev log carries the link, so a laptop needs no inbox.
     let pid = child.id().unwrap();
