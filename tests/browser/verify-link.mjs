@@ -20,7 +20,12 @@ try {
   const page = await context.newPage();
   await page.goto(url);
   // The page posts itself; wait for the page that follows.
-  await page.waitForURL((u) => !u.pathname.startsWith("/verify"), { timeout: 15000 });
+  try {
+    await page.waitForURL((u) => !u.pathname.startsWith("/verify"), { timeout: 15000 });
+  } catch (e) {
+    console.error(`stuck on ${page.url()}:\n${await page.content()}`);
+    throw e;
+  }
   await page.waitForLoadState("load");
   await page.screenshot({ path: screenshot, fullPage: true });
   const cookies = await context.cookies();

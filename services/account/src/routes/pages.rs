@@ -61,7 +61,10 @@ impl Pages {
             .insert_header(("cache-control", "no-store"))
             .insert_header(("x-frame-options", "DENY"))
             .insert_header(("x-content-type-options", "nosniff"))
-            .insert_header(("referrer-policy", "no-referrer"))
+            // same-origin: the verify page's URL holds the token, so no Referer
+            // ever leaves the site; "no-referrer" would also make browsers send
+            // `Origin: null` on our own form posts.
+            .insert_header(("referrer-policy", "same-origin"))
             .insert_header((
                 "content-security-policy",
                 format!(
@@ -93,9 +96,20 @@ fn see_other(to: &str) -> HttpResponse {
         .finish()
 }
 
-/// Refuses form posts from other sites (login CSRF): the Origin, when sent,
-/// must be this service's public origin or the Host the request came to.
+/// Refuses form posts from other sites (login CSRF). Browsers that send
+/// `Sec-Fetch-Site` are judged by it; otherwise the Origin, when sent, must be
+/// this service's public origin or the Host the request came to.
 fn same_origin(req: &HttpRequest, state: &AppState) -> Result<(), AppError> {
+    if let Some(site) = req
+        .headers()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+    {
+        return match site {
+            "same-origin" | "none" => Ok(()),
+            _ => Err(AppError::Forbidden("cross-site form post")),
+        };
+    }
     let Some(origin) = req
         .headers()
         .get(header::ORIGIN)

@@ -125,7 +125,27 @@ async fn form_errors_render_the_form_again_and_cross_site_posts_are_refused() {
         .await
         .unwrap();
     assert_eq!(res.status(), 403);
+    // Browsers that send Fetch Metadata are judged by it.
+    let res = app
+        .client
+        .post(app.url("/signup"))
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("email", "csrf@example.com"), ("password", "password-123")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
     assert_eq!(app.count("SELECT count(*) AS n FROM users").await, 0);
+    let res = app
+        .client
+        .post(app.url("/signup"))
+        .header("sec-fetch-site", "same-origin")
+        .header("origin", "null")
+        .form(&[("email", "ok@example.com"), ("password", "password-123")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
