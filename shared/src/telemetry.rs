@@ -13,6 +13,14 @@ pub fn init(json: bool, default_filter: &str) {
             "lapin::returned_messages=off"
                 .parse()
                 .expect("static directive"),
+        )
+        // lettre logs every byte it writes at debug level: the AUTH line
+        // (the SMTP password in base64) and the whole mail with its link.
+        // Capped here so even RUST_LOG=debug never prints them.
+        .add_directive(
+            "lettre::transport::smtp::client::async_connection=info"
+                .parse()
+                .expect("static directive"),
         );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

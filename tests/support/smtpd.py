@@ -3,13 +3,17 @@
 the way Naver's smtp.naver.com:587 is. Not ours: aiosmtpd does the protocol;
 this file only configures it and records what it accepted.
 
-    smtpd.py --port PORT --dir OUT --pki PKI --user USER --password PW
+    smtpd.py --port PORT --dir OUT --pki PKI --user USER --password PW [--implicit-tls]
+
+--implicit-tls serves TLS from the first byte (SMTPS, like port 465)
+instead of STARTTLS; AUTH is still required.
 
 PKI holds ca.pem/cert.pem/key.pem (made with trustme on first use, reused
 after, so a client started with SSL_CERT_FILE=PKI/ca.pem trusts every
 restart). Every accepted message is saved as OUT/<n>.eml plus OUT/<n>.json
 (decoded by Python's email package: subject, text and html parts, headers).
-Recipients at reject.test get 550, at tempfail.test 451. Prints
+Recipients at reject.test get 550, at tempfail.test 451, and at stall.test
+no answer at all (the server hangs that session). Prints
 "READY <port>" once listening.
 """
 import argparse
@@ -58,6 +62,9 @@ class Recorder:
             return "550 5.1.1 Recipient address rejected: mailbox unavailable"
         if domain == "tempfail.test":
             return "451 4.3.0 Temporary failure, try again later"
+        if domain == "stall.test":
+            # A server that stops answering mid-session.
+            await asyncio.sleep(3600)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -73,7 +80,8 @@ class Recorder:
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
             "auth_login": session.auth_data if session.authenticated else None,
-            "tls": session.ssl is not None,
+            "tls": session.ssl is not None
+            or server.transport.get_extra_info("ssl_object") is not None,
             "subject": str(msg["subject"]),
             "from": str(msg["from"]),
             "to": str(msg["to"]),
@@ -99,6 +107,7 @@ def main():
     p.add_argument("--pki", required=True)
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
+    p.add_argument("--implicit-tls", action="store_true")
     a = p.parse_args()
 
     def authenticator(server, session, envelope, mechanism, auth_data):
@@ -107,18 +116,26 @@ def main():
             and auth_data.login.decode() == a.user
             and auth_data.password.decode() == a.password
         )
-        return AuthResult(success=ok, auth_data=auth_data.login.decode() if ok else None)
+        # handled=False: aiosmtpd then answers 535 itself (the default, True,
+        # would leave the client waiting for a reply that never comes).
+        return AuthResult(
+            success=ok, handled=False, auth_data=auth_data.login.decode() if ok else None
+        )
 
+    ctx = pki(a.pki)
+    if a.implicit_tls:
+        # The whole session is TLS; aiosmtpd's auth_require_tls only knows STARTTLS.
+        tls = dict(ssl_context=ctx, auth_require_tls=False)
+    else:
+        tls = dict(tls_context=ctx, require_starttls=True, auth_require_tls=True)
     controller = Controller(
         Recorder(a.dir),
         hostname="127.0.0.1",
         port=a.port,
-        tls_context=pki(a.pki),
-        require_starttls=True,
         auth_required=True,
-        auth_require_tls=True,
         authenticator=authenticator,
         ready_timeout=10,
+        **tls,
     )
     controller.start()
     print(f"READY {controller.port}", flush=True)

@@ -44,8 +44,26 @@ pub fn classify(e: &lettre::transport::smtp::Error) -> DeliveryError {
 /// Where mail goes.
 #[derive(Clone)]
 pub enum Channel {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// lettre's pooled transport. Its own timeout covers only the TCP
+    /// connect, so every exchange with the server is also bounded by `timeout`
+    /// here: a server that stops answering mid-session must not hold a
+    /// prefetch slot forever.
+    Smtp {
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        timeout: Duration,
+    },
     Dir(AsyncFileTransport<Tokio1Executor>, PathBuf),
+}
+
+/// The error of an SMTP exchange that outlived its time: transient.
+fn timed_out(after: Duration) -> DeliveryError {
+    DeliveryError {
+        transient: true,
+        reason: format!(
+            "the SMTP server did not finish within {} (MAILER_SMTP_TIMEOUT)",
+            shared::topology::delay_label(after)
+        ),
+    }
 }
 
 impl Channel {
@@ -77,7 +95,10 @@ impl Channel {
                         password.expose_secret().to_owned(),
                     ));
                 }
-                Ok(Self::Smtp(builder.build()))
+                Ok(Self::Smtp {
+                    transport: builder.build(),
+                    timeout: settings.smtp_timeout,
+                })
             }
         }
     }
@@ -85,7 +106,7 @@ impl Channel {
     /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::Smtp(_) => "smtp",
+            Self::Smtp { .. } => "smtp",
             Self::Dir(..) => "dir",
         }
     }
@@ -93,11 +114,14 @@ impl Channel {
     /// Checks that the server answers (SMTP) or the folder is writable.
     pub async fn check(&self) -> Result<(), String> {
         match self {
-            Self::Smtp(t) => match t.test_connection().await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err("the SMTP server did not answer NOOP".into()),
-                Err(e) => Err(e.to_string()),
-            },
+            Self::Smtp { transport, timeout } => {
+                match tokio::time::timeout(*timeout, transport.test_connection()).await {
+                    Ok(Ok(true)) => Ok(()),
+                    Ok(Ok(false)) => Err("the SMTP server did not answer NOOP".into()),
+                    Ok(Err(e)) => Err(classify(&e).reason),
+                    Err(_) => Err(timed_out(*timeout).reason),
+                }
+            }
             Self::Dir(_, dir) => {
                 if dir.is_dir() {
                     Ok(())
@@ -111,7 +135,14 @@ impl Channel {
     /// Delivers one message; `Ok` means the server (or the folder) accepted it.
     pub async fn send(&self, message: Message) -> Result<(), DeliveryError> {
         match self {
-            Self::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| classify(&e)),
+            Self::Smtp { transport, timeout } => {
+                // One bound for the whole exchange (connect, TLS, AUTH, MAIL,
+                // RCPT, DATA): what an operator means by "SMTP timeout".
+                match tokio::time::timeout(*timeout, transport.send(message)).await {
+                    Ok(result) => result.map(|_| ()).map_err(|e| classify(&e)),
+                    Err(_) => Err(timed_out(*timeout)),
+                }
+            }
             Self::Dir(t, _) => t
                 .send(message)
                 .await

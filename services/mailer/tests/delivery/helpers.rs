@@ -74,6 +74,11 @@ impl Env {
 
     /// Starts aiosmtpd on this test's port.
     pub async fn smtp(&self) -> Smtp {
+        self.smtp_with(&[]).await
+    }
+
+    /// Starts aiosmtpd on this test's port with extra flags (`--implicit-tls`).
+    pub async fn smtp_with(&self, flags: &[&str]) -> Smtp {
         let mut child = Command::new(python())
             .arg(root().join("tests/support/smtpd.py"))
             .args([
@@ -88,6 +93,7 @@ impl Env {
             .arg(self.inbox())
             .arg("--pki")
             .arg(self.pki())
+            .args(flags)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

@@ -1,0 +1,163 @@
+//! How the mailer talks to SMTP servers and the broker beyond the usual
+//! STARTTLS-on-587 path: implicit TLS, certificates it must refuse, a wrong
+//! password, and a deployment on quorum queues.
+
+use std::time::Duration;
+
+use super::helpers::*;
+use super::verify_event;
+use shared::MailSend;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_smtps_url_delivers_over_implicit_tls_with_auth() {
+    let env = Env::new();
+    let _smtp = env.smtp_with(&["--implicit-tls"]).await;
+    let url = format!(
+        "smtps://{}@127.0.0.1:{}",
+        USER.replace('@', "%40"),
+        env.smtp_port
+    );
+    let _mailer = env.mailer(&[("MAILER_SMTP_URL", &url)]).await;
+    let broker = Broker::connect().await;
+    let event = verify_event(
+        "tls@example.com",
+        "en",
+        "https://acc.example/verify?token=t",
+    );
+    broker.publish(&env.topology, &event.to_vec()).await;
+    let mails = env.wait_for_mail(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0]["tls"], true);
+    assert_eq!(mails[0]["auth_login"], USER);
+    assert_eq!(mails[0]["subject"], "Confirm your e-mail address");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_an_untrusted_ca_is_never_accepted() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    // The system roots only: the test server's private CA is not among them.
+    let _mailer = env
+        .mailer(&[("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")])
+        .await;
+    let broker = Broker::connect().await;
+    let event = verify_event(
+        "mitm@example.com",
+        "en",
+        "https://acc.example/verify?token=t",
+    );
+    broker.publish(&env.topology, &event.to_vec()).await;
+    let dead = env.topology.dead_queue();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            broker.count(&dead).await == Some(1)
+        })
+        .await,
+        "retried, then dead-lettered"
+    );
+    let letters = broker.drain(&dead).await;
+    let reason = header(&letters[0].0, "x-dead-reason").unwrap();
+    assert!(reason.starts_with("retries exhausted"), "{reason}");
+    assert!(
+        reason.to_lowercase().contains("certificate"),
+        "the reason says why: {reason}"
+    );
+    assert!(env.received().is_empty(), "nothing went to that server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_a_permanent_failure_with_the_smtp_answer() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let _mailer = env
+        .mailer(&[("MAILER_SMTP_PASSWORD", "not-the-app-password")])
+        .await;
+    let broker = Broker::connect().await;
+    let event = verify_event(
+        "user@example.com",
+        "en",
+        "https://acc.example/verify?token=t",
+    );
+    broker.publish(&env.topology, &event.to_vec()).await;
+    let dead = env.topology.dead_queue();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            broker.count(&dead).await == Some(1)
+        })
+        .await
+    );
+    let letters = broker.drain(&dead).await;
+    let reason = header(&letters[0].0, "x-dead-reason").unwrap();
+    assert!(reason.starts_with("permanent: SMTP 535"), "{reason}");
+    assert!(!reason.contains("not-the-app-password"), "{reason}");
+    assert_eq!(MailSend::from_slice(&letters[0].1).unwrap().id, event.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_quorum_queues_mail_is_delivered_and_retries_come_back() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let _mailer = env.mailer(&[("MAILER_QUEUE_TYPE", "quorum")]).await;
+    let broker = Broker::connect().await;
+    let good = verify_event("q@example.com", "ko", "https://acc.example/verify?token=q");
+    let busy = verify_event(
+        "q@tempfail.test",
+        "en",
+        "https://acc.example/verify?token=b",
+    );
+    broker.publish(&env.topology, &busy.to_vec()).await;
+    broker.publish(&env.topology, &good.to_vec()).await;
+    let mails = env.wait_for_mail(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0]["rcpt_tos"][0], "q@example.com");
+    // The 451 climbs the quorum retry queues (TTL + dead-lettering) to the end.
+    let dead = env.topology.dead_queue();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            broker.count(&dead).await == Some(1)
+        })
+        .await
+    );
+    let letters = broker.drain(&dead).await;
+    let reason = header(&letters[0].0, "x-dead-reason").unwrap();
+    assert!(
+        reason.starts_with("retries exhausted after 4 attempts: SMTP 451"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_times_out_and_other_mail_still_goes() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let _mailer = env.mailer(&[("MAILER_SMTP_TIMEOUT", "1s")]).await;
+    let broker = Broker::connect().await;
+    let stalled = verify_event(
+        "hang@stall.test",
+        "en",
+        "https://acc.example/verify?token=s",
+    );
+    let good = verify_event("ok@example.com", "en", "https://acc.example/verify?token=g");
+    broker.publish(&env.topology, &stalled.to_vec()).await;
+    broker.publish(&env.topology, &good.to_vec()).await;
+    let mails = env.wait_for_mail(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0]["rcpt_tos"][0], "ok@example.com");
+    let dead = env.topology.dead_queue();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            broker.count(&dead).await == Some(1)
+        })
+        .await,
+        "each attempt timed out, then the ladder ended"
+    );
+    let letters = broker.drain(&dead).await;
+    let reason = header(&letters[0].0, "x-dead-reason").unwrap();
+    assert!(
+        reason.starts_with(
+            "retries exhausted after 4 attempts: the SMTP server did not finish within 1s"
+        ),
+        "{reason}"
+    );
+    assert_eq!(MailSend::from_slice(&letters[0].1).unwrap().id, stalled.id);
+}
