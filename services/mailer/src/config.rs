@@ -74,6 +74,52 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Warnings about settings that start fine but will likely fail or leak
+    /// in production; `main` logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let Outbound::Smtp { url, user, .. } = &self.outbound else {
+            return out;
+        };
+        let from = self.from.email.to_string().to_ascii_lowercase();
+        if let Some(user) = user {
+            let user = user.to_ascii_lowercase();
+            // Naver logs in with the bare ID and sends as ID@naver.com.
+            let matches = if user.contains('@') {
+                from == user
+            } else {
+                from.split('@').next() == Some(user.as_str())
+            };
+            if !matches {
+                out.push(format!(
+                    "MAILER_FROM ({from}) is not the SMTP account ({user}); Naver and most providers reject a From that is not the authenticated account"
+                ));
+            }
+        }
+        if let Ok(url) = url::Url::parse(url.expose_secret()) {
+            let tls = url
+                .query_pairs()
+                .find(|(k, _)| k == "tls")
+                .map(|(_, v)| v.into_owned());
+            // `smtp` is not a special scheme for the url crate: the host stays text.
+            let host = url.host_str().unwrap_or("").trim_matches(['[', ']']);
+            let local = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            match (url.scheme(), tls.as_deref()) {
+                ("smtp", Some("opportunistic")) => out.push(
+                    "MAILER_SMTP_URL has tls=opportunistic: a man in the middle can strip STARTTLS; use tls=required".to_owned(),
+                ),
+                ("smtp", None) if !local => out.push(
+                    "MAILER_SMTP_URL has no TLS: mail and the password cross the network in clear; add ?tls=required or use smtps://".to_owned(),
+                ),
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// Reads `MAILER_*` from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from(&Env::from_process("MAILER_"))
@@ -231,6 +277,39 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn risky_smtp_settings_are_warned_about() {
+        let warn = |url: &str, from: &str| {
+            settings(&[("MAILER_SMTP_URL", url), ("MAILER_FROM", from)])
+                .unwrap()
+                .warnings()
+        };
+        // Naver: the bare ID logs in, ID@naver.com sends.
+        assert!(
+            warn(
+                "smtp://myid@smtp.naver.com:587?tls=required",
+                "Shop <MyID@naver.com>"
+            )
+            .is_empty()
+        );
+        assert!(warn("smtps://me%40gmail.com@smtp.gmail.com:465", "me@gmail.com").is_empty());
+        let w = warn(
+            "smtp://myid@smtp.naver.com:587?tls=required",
+            "no-reply@shop.example",
+        );
+        assert!(w.len() == 1 && w[0].contains("MAILER_FROM"), "{w:?}");
+        let w = warn(
+            "smtp://a%40b.example@mail.b.example:587?tls=opportunistic",
+            "a@b.example",
+        );
+        assert!(w.len() == 1 && w[0].contains("opportunistic"), "{w:?}");
+        let w = warn("smtp://mail.b.example:25", "a@b.example");
+        assert!(w.len() == 1 && w[0].contains("no TLS"), "{w:?}");
+        // A relay on this host (Mailpit, a local Postfix) needs no TLS.
+        assert!(warn("smtp://127.0.0.1:1025", "a@b.example").is_empty());
+        assert!(settings(&[]).unwrap().warnings().is_empty());
     }
 
     #[test]

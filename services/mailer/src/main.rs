@@ -45,16 +45,8 @@ async fn main() {
 }
 
 async fn run(settings: Settings) -> Result<(), anyhow::Error> {
-    if let Outbound::Smtp {
-        user: Some(user), ..
-    } = &settings.outbound
-        && user.contains('@')
-        && !user.eq_ignore_ascii_case(settings.from.email.as_ref())
-    {
-        tracing::warn!(
-            smtp_user = %user, from = %settings.from.email,
-            "MAILER_FROM differs from the SMTP account; Naver (and many providers) reject a From that is not the authenticated account"
-        );
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
     }
     let metrics = PrometheusBuilder::new()
         .set_buckets(&[
