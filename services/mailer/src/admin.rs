@@ -49,6 +49,7 @@ pub async fn dead(
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let dead = settings.topology.dead_queue();
     let mut moved = 0;
+    let mut requeued = std::collections::HashSet::new();
     if requeue.is_none() {
         println!("id\tattempts\tdead_at\treason");
     }
@@ -96,10 +97,23 @@ pub async fn dead(
                 msg.delivery.ack(BasicAckOptions::default()).await?;
                 moved += 1;
                 println!("requeued {id}");
+                requeued.insert(id);
             }
         }
     }
     ch.close(200, "done".into()).await?;
     conn.close(200, "done".into()).await?;
+    if let Some(Some(ids)) = &requeue {
+        let missing: Vec<&str> = ids
+            .iter()
+            .filter(|id| !requeued.contains(id.as_str()))
+            .map(String::as_str)
+            .collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "{moved} requeued; not in {dead}: {}",
+            missing.join(" ")
+        );
+    }
     Ok(moved)
 }

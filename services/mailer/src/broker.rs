@@ -75,6 +75,12 @@ pub async fn declare(
         ]);
         if queue_type == QueueType::Quorum {
             a.insert("x-queue-type".into(), string("quorum"));
+            // Quorum queues dead-letter at most once by default: a retry
+            // that expires while the work queue has no leader would be
+            // dropped. At-least-once keeps it until the work queue took it
+            // (RabbitMQ 3.10+; it requires reject-publish overflow).
+            a.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+            a.insert("x-overflow".into(), string("reject-publish"));
         }
         ch.queue_declare(t.retry_queue(*delay).as_str().into(), durable(), a)
             .await?;

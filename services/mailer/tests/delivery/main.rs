@@ -348,6 +348,12 @@ async fn dead_letters_can_be_listed_and_requeued_after_the_cause_is_fixed() {
     let _mailer = env
         .mailer(&[("MAILER_TEMPLATE_DIR", templates.to_str().unwrap())])
         .await;
+    // A mistyped id moves nothing and says so.
+    let stranger = uuid::Uuid::new_v4().to_string();
+    let typo = cli(&["dead", "requeue", &stranger]);
+    assert!(!typo.status.success());
+    assert!(String::from_utf8_lossy(&typo.stderr).contains(&stranger));
+    assert_eq!(broker.count(&dead).await, Some(1));
     let requeue = cli(&["dead", "requeue", &welcome.id.to_string()]);
     assert!(
         requeue.status.success(),
