@@ -81,7 +81,18 @@ async fn run(settings: Settings) -> Result<(), anyhow::Error> {
         _ = int.recv() => tracing::info!("SIGINT: finishing in-flight mail"),
     }
     let _ = tx.send(true);
-    let _ = consumer.await;
+    // The worker bounds its drain by MAILER_SHUTDOWN_TIMEOUT; this bounds the
+    // rest (a connect or declare hanging on a broker that vanished), and a
+    // second signal stops waiting. Unacked mail returns to the queue when
+    // the process and its connection end.
+    let limit = settings.shutdown_timeout + std::time::Duration::from_secs(5);
+    tokio::select! {
+        r = tokio::time::timeout(limit, consumer) => if r.is_err() {
+            tracing::warn!("the worker did not stop in time; exiting, unacked mail returns to the queue");
+        },
+        _ = term.recv() => tracing::warn!("second signal: exiting now; unacked mail returns to the queue"),
+        _ = int.recv() => tracing::warn!("second signal: exiting now; unacked mail returns to the queue"),
+    }
     server_handle.stop(true).await;
     let _ = server_task.await;
     Ok(())

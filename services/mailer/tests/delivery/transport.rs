@@ -161,3 +161,39 @@ async fn a_server_that_stops_answering_times_out_and_other_mail_still_goes() {
     );
     assert_eq!(MailSend::from_slice(&letters[0].1).unwrap().id, stalled.id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_broker_never_answers_still_exits_in_bounded_time() {
+    // A "broker" that accepts TCP and then says nothing: the AMQP handshake hangs.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailer"))
+        .env_clear()
+        .env("MAILER_BIND", "127.0.0.1:0")
+        .env(
+            "MAILER_AMQP_URL",
+            format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        )
+        .env(
+            "MAILER_MAIL_DIR",
+            std::env::temp_dir().join(format!("mailer-silent-{port}")),
+        )
+        .env("MAILER_SHUTDOWN_TIMEOUT", "1s")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(silent);
+}
