@@ -11,7 +11,8 @@ instead of STARTTLS; AUTH is still required.
 PKI holds ca.pem/cert.pem/key.pem (made with trustme on first use, reused
 after, so a client started with SSL_CERT_FILE=PKI/ca.pem trusts every
 restart). Every accepted message is saved as OUT/<n>.eml plus OUT/<n>.json
-(decoded by Python's email package: subject, text and html parts, headers).
+(decoded by Python's email package: subject, text and html parts, headers,
+and the most SMTP sessions that were open at once so far).
 Recipients at reject.test get 550, at tempfail.test 451, and at stall.test
 no answer at all (the server hangs that session). Prints
 "READY <port>" once listening.
@@ -28,7 +29,27 @@ from email import policy
 from email.parser import BytesParser
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+
+class CountingSMTP(SMTP):
+    """Counts the sessions open at once, so tests can check a client's limit."""
+
+    open = 0
+    peak = 0
+
+    async def _handle_client(self):
+        CountingSMTP.open += 1
+        CountingSMTP.peak = max(CountingSMTP.peak, CountingSMTP.open)
+        try:
+            await super()._handle_client()
+        finally:
+            CountingSMTP.open -= 1
+
+
+class CountingController(Controller):
+    def factory(self):
+        return CountingSMTP(self.handler, **self.SMTP_kwargs)
 
 
 def pki(directory):
@@ -90,6 +111,7 @@ class Recorder:
             "content_type": msg.get_content_type(),
             "text": text.get_content() if text is not None else None,
             "html": html.get_content() if html is not None else None,
+            "peak_sessions": CountingSMTP.peak,
         }
         tmp = os.path.join(self.out, f".{n}.tmp")
         with open(os.path.join(self.out, f"{n}.eml"), "wb") as f:
@@ -128,7 +150,7 @@ def main():
         tls = dict(ssl_context=ctx, auth_require_tls=False)
     else:
         tls = dict(tls_context=ctx, require_starttls=True, auth_require_tls=True)
-    controller = Controller(
+    controller = CountingController(
         Recorder(a.dir),
         hostname="127.0.0.1",
         port=a.port,

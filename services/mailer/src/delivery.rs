@@ -2,6 +2,7 @@
 //! of .eml files for development. Both answer with the same outcome type.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
@@ -11,6 +12,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 use shared::MailSend;
+use tokio::sync::Semaphore;
 
 use crate::config::{Outbound, Settings};
 use crate::templates::Rendered;
@@ -51,6 +53,11 @@ pub enum Channel {
     Smtp {
         transport: AsyncSmtpTransport<Tokio1Executor>,
         timeout: Duration,
+        /// lettre's pool `max_size` only caps the idle connections it keeps;
+        /// every concurrent send opens its own. This caps the open ones at
+        /// MAILER_SMTP_POOL_SIZE, so prefetch never turns into dozens of
+        /// sessions at a provider that limits them per account.
+        slots: Arc<Semaphore>,
     },
     Dir(AsyncFileTransport<Tokio1Executor>, PathBuf),
 }
@@ -98,6 +105,7 @@ impl Channel {
                 Ok(Self::Smtp {
                     transport: builder.build(),
                     timeout: settings.smtp_timeout,
+                    slots: Arc::new(Semaphore::new(settings.smtp_pool_size as usize)),
                 })
             }
         }
@@ -114,14 +122,14 @@ impl Channel {
     /// Checks that the server answers (SMTP) or the folder is writable.
     pub async fn check(&self) -> Result<(), String> {
         match self {
-            Self::Smtp { transport, timeout } => {
-                match tokio::time::timeout(*timeout, transport.test_connection()).await {
-                    Ok(Ok(true)) => Ok(()),
-                    Ok(Ok(false)) => Err("the SMTP server did not answer NOOP".into()),
-                    Ok(Err(e)) => Err(classify(&e).reason),
-                    Err(_) => Err(timed_out(*timeout).reason),
-                }
-            }
+            Self::Smtp {
+                transport, timeout, ..
+            } => match tokio::time::timeout(*timeout, transport.test_connection()).await {
+                Ok(Ok(true)) => Ok(()),
+                Ok(Ok(false)) => Err("the SMTP server did not answer NOOP".into()),
+                Ok(Err(e)) => Err(classify(&e).reason),
+                Err(_) => Err(timed_out(*timeout).reason),
+            },
             Self::Dir(_, dir) => {
                 if dir.is_dir() {
                     Ok(())
@@ -135,7 +143,16 @@ impl Channel {
     /// Delivers one message; `Ok` means the server (or the folder) accepted it.
     pub async fn send(&self, message: Message) -> Result<(), DeliveryError> {
         match self {
-            Self::Smtp { transport, timeout } => {
+            Self::Smtp {
+                transport,
+                timeout,
+                slots,
+            } => {
+                // Waiting for a free connection is not the server's time.
+                let _slot = slots.acquire().await.map_err(|_| DeliveryError {
+                    transient: true,
+                    reason: "the SMTP channel is closed".into(),
+                })?;
                 // One bound for the whole exchange (connect, TLS, AUTH, MAIL,
                 // RCPT, DATA): what an operator means by "SMTP timeout".
                 match tokio::time::timeout(*timeout, transport.send(message)).await {

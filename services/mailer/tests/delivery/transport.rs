@@ -197,3 +197,32 @@ async fn sigterm_while_the_broker_never_answers_still_exits_in_bounded_time() {
     assert!(started.elapsed() < Duration::from_secs(10));
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_sessions_never_exceed_the_pool_size_whatever_the_prefetch() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let _mailer = env
+        .mailer(&[("MAILER_PREFETCH", "64"), ("MAILER_SMTP_POOL_SIZE", "2")])
+        .await;
+    let broker = Broker::connect().await;
+    let n = 30;
+    for i in 0..n {
+        let e = verify_event(&format!("u{i}@example.com"), "en", "https://acc.example/v");
+        broker.publish(&env.topology, &e.to_vec()).await;
+    }
+    let mails = env.wait_for_mail(n, Duration::from_secs(30)).await;
+    assert_eq!(mails.len(), n);
+    // lettre hands a connection back to its pool in a spawned task, so the
+    // next send may open a new one a moment before the surplus one says
+    // QUIT: the server can see one more session than the cap, never more.
+    // (Without the cap it sees one per message in flight: 30 here.)
+    let peak = mails
+        .iter()
+        .map(|m| m["peak_sessions"].as_u64().unwrap())
+        .max();
+    assert!(
+        peak <= Some(3),
+        "at most 2 (+1 closing) SMTP sessions at once, saw {peak:?}"
+    );
+}
