@@ -226,3 +226,24 @@ async fn smtp_sessions_never_exceed_the_pool_size_whatever_the_prefetch() {
         "at most 2 (+1 closing) SMTP sessions at once, saw {peak:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_rate_limit_paces_delivery() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let _mailer = env.mailer(&[("MAILER_SEND_RATE", "4")]).await;
+    let broker = Broker::connect().await;
+    let started = std::time::Instant::now();
+    for i in 0..12 {
+        let e = verify_event(&format!("r{i}@example.com"), "en", "https://acc.example/v");
+        broker.publish(&env.topology, &e.to_vec()).await;
+    }
+    let mails = env.wait_for_mail(12, Duration::from_secs(30)).await;
+    assert_eq!(mails.len(), 12);
+    // A burst of 4, then 8 more at 4 per second.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        started.elapsed()
+    );
+}
