@@ -247,3 +247,47 @@ async fn the_send_rate_limit_paces_delivery() {
         started.elapsed()
     );
 }
+
+/// Closes the broker connection named `mailer@<pid>` from the broker's side.
+fn broker_drops_connection_of(pid: u32) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl (the machine's RabbitMQ) to drop a connection");
+    let list = String::from_utf8_lossy(&out.stdout);
+    let name = format!("\"mailer@{pid}\"");
+    let conn = list
+        .lines()
+        .find(|l| l.contains(&name))
+        .and_then(|l| l.split('\t').next())
+        .expect("the mailer's connection is listed");
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", conn, "test: broker drops the mailer"])
+        .output()
+        .unwrap();
+    assert!(closed.status.success(), "{closed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_reconnects_when_the_broker_drops_its_connection() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let mailer = env.mailer(&[]).await;
+    let broker = Broker::connect().await;
+    let first = verify_event("one@example.com", "en", "https://acc.example/v1");
+    broker.publish(&env.topology, &first.to_vec()).await;
+    assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
+
+    broker_drops_connection_of(mailer.child.id().unwrap());
+    let second = verify_event("two@example.com", "en", "https://acc.example/v2");
+    broker.publish(&env.topology, &second.to_vec()).await;
+    let mails = env.wait_for_mail(2, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 2, "consuming again after the reconnect");
+    assert_eq!(mails[1]["rcpt_tos"][0], "two@example.com");
+}
