@@ -6,7 +6,8 @@ this file only configures it and records what it accepted.
     smtpd.py --port PORT --dir OUT --pki PKI --user USER --password PW [--implicit-tls]
 
 --implicit-tls serves TLS from the first byte (SMTPS, like port 465)
-instead of STARTTLS; AUTH is still required.
+instead of STARTTLS; AUTH is still required. --idle-timeout SECONDS closes
+idle sessions sooner (default 300), like providers that drop pooled ones.
 
 PKI holds ca.pem/cert.pem/key.pem (made with trustme on first use, reused
 after, so a client started with SSL_CERT_FILE=PKI/ca.pem trusts every
@@ -130,6 +131,7 @@ def main():
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
     p.add_argument("--implicit-tls", action="store_true")
+    p.add_argument("--idle-timeout", type=float, default=300, help="seconds before an idle session is closed")
     a = p.parse_args()
 
     def authenticator(server, session, envelope, mechanism, auth_data):
@@ -157,6 +159,7 @@ def main():
         auth_required=True,
         authenticator=authenticator,
         ready_timeout=10,
+        timeout=a.idle_timeout,
         **tls,
     )
     controller.start()

@@ -291,3 +291,26 @@ async fn the_worker_reconnects_when_the_broker_drops_its_connection() {
     assert_eq!(mails.len(), 2, "consuming again after the reconnect");
     assert_eq!(mails[1]["rcpt_tos"][0], "two@example.com");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_the_server_closed_while_idle_are_replaced() {
+    let env = Env::new();
+    let _smtp = env.smtp_with(&["--idle-timeout", "0.5"]).await;
+    // A ladder too slow for this test: the second mail must go on its first try.
+    let _mailer = env.mailer(&[("MAILER_RETRY_DELAYS", "1h")]).await;
+    let broker = Broker::connect().await;
+    let first = verify_event("idle1@example.com", "en", "https://acc.example/v1");
+    broker.publish(&env.topology, &first.to_vec()).await;
+    assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
+    // The server hangs up on the pooled session.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = verify_event("idle2@example.com", "en", "https://acc.example/v2");
+    broker.publish(&env.topology, &second.to_vec()).await;
+    let mails = env.wait_for_mail(2, Duration::from_secs(10)).await;
+    assert_eq!(
+        mails.len(),
+        2,
+        "sent on a fresh connection, not parked in a retry queue"
+    );
+    assert_eq!(mails[1]["rcpt_tos"][0], "idle2@example.com");
+}
