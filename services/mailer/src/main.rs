@@ -50,8 +50,8 @@ async fn run(settings: Settings) -> Result<(), anyhow::Error> {
     }
     let metrics = PrometheusBuilder::new()
         .set_buckets(&[
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-            3600.0,
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0, 300.0, 3600.0,
         ])?
         .install_recorder()?;
     let worker = Worker::new(settings.clone())?;

@@ -210,6 +210,7 @@ impl Worker {
 
     async fn handle(&self, delivery: Delivery, publish: &lapin::Channel) {
         let attempt = attempt_of(&delivery.properties);
+        let received = Instant::now();
         let result = self.process(&delivery.data).await;
         let (template, outcome) = match result {
             Ok(Handled::Duplicate) => {
@@ -221,6 +222,9 @@ impl Worker {
                     // The mail is out; a redelivery is caught by the sent-ids set.
                     tracing::warn!(error = %e, "ack failed after sending");
                 }
+                // Consumed to accepted: parse, render, build, rate limit, SMTP.
+                metrics::histogram!("mailer_delivery_seconds")
+                    .record(received.elapsed().as_secs_f64());
                 (template, "sent")
             }
             Err(failure) => {
