@@ -30,7 +30,7 @@ pub const ENV_VARS: &[&str] = &[
 ];
 
 /// The variables that are secrets and so also accept `<NAME>_FILE`.
-pub const SECRET_VARS: &[&str] = &["MAILER_AMQP_URL", "MAILER_SMTP_PASSWORD"];
+pub const SECRET_VARS: &[&str] = &["MAILER_AMQP_URL", "MAILER_SMTP_URL", "MAILER_SMTP_PASSWORD"];
 
 /// Whether the work queue is a classic or a quorum queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
