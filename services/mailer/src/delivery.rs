@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
@@ -141,8 +141,11 @@ impl Channel {
     }
 
     /// Delivers one message; `Ok` means the server (or the folder) accepted it.
+    /// Records `mailer_smtp_seconds` for accepted mail: the time the server
+    /// (or the folder) took, not the wait for a free connection.
     pub async fn send(&self, message: Message) -> Result<(), DeliveryError> {
-        match self {
+        let mut started = Instant::now();
+        let result = match self {
             Self::Smtp {
                 transport,
                 timeout,
@@ -153,6 +156,7 @@ impl Channel {
                     transient: true,
                     reason: "the SMTP channel is closed".into(),
                 })?;
+                started = Instant::now();
                 // One bound for the whole exchange (connect, TLS, AUTH, MAIL,
                 // RCPT, DATA): what an operator means by "SMTP timeout".
                 match tokio::time::timeout(*timeout, transport.send(message)).await {
@@ -168,7 +172,12 @@ impl Channel {
                     transient: true,
                     reason: format!("cannot write the mail file: {e}"),
                 }),
+        };
+        if result.is_ok() {
+            metrics::histogram!("mailer_smtp_seconds", "channel" => self.name())
+                .record(started.elapsed().as_secs_f64());
         }
+        result
     }
 }
 

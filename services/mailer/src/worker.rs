@@ -367,9 +367,9 @@ impl Worker {
             limiter.until_ready().await;
         }
         let started = Instant::now();
+        // The channel records mailer_smtp_seconds itself, without the wait
+        // for a free connection.
         self.channel.send(message).await.map_err(fail)?;
-        metrics::histogram!("mailer_smtp_seconds", "channel" => self.channel.name())
-            .record(started.elapsed().as_secs_f64());
         self.sent.insert(mail.id);
         let domain = mail.to.email.rsplit('@').next().unwrap_or("");
         match (&self.channel, &mail.body) {
