@@ -314,3 +314,26 @@ async fn pooled_connections_the_server_closed_while_idle_are_replaced() {
     );
     assert_eq!(mails[1]["rcpt_tos"][0], "idle2@example.com");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_id_already_accepted_by_smtp_is_not_mailed_twice() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let _mailer = env.mailer(&[]).await;
+    let broker = Broker::connect().await;
+    let event = verify_event("once@example.com", "en", "https://acc.example/v");
+    // A publisher's retry after a lost confirm, or a redelivery after a lost ack.
+    broker.publish(&env.topology, &event.to_vec()).await;
+    assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
+    broker.publish(&env.topology, &event.to_vec()).await;
+    let queue = env.topology.queue();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            broker.count(&queue).await == Some(0)
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.received().len(), 1, "acked as a duplicate, not sent");
+    assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
+}
