@@ -15,7 +15,8 @@ restart). Every accepted message is saved as OUT/<n>.eml plus OUT/<n>.json
 (decoded by Python's email package: subject, text and html parts, headers,
 and the most SMTP sessions that were open at once so far).
 Recipients at reject.test get 550, at tempfail.test 451, and at stall.test
-no answer at all (the server hangs that session). Prints
+no answer at all (the server hangs that session); mail to slow.test is
+recorded at once but its 250 comes 4 s later. Prints
 "READY <port>" once listening.
 """
 import argparse
@@ -120,6 +121,9 @@ class Recorder:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(summary, f, ensure_ascii=False)
         os.rename(tmp, os.path.join(self.out, f"{n}.json"))
+        if any(r.rsplit("@", 1)[-1].lower() == "slow.test" for r in envelope.rcpt_tos):
+            # Taken (and recorded), but the 250 comes late.
+            await asyncio.sleep(4)
         return "250 2.0.0 Message accepted for delivery"
 
 

@@ -204,6 +204,15 @@ impl Worker {
             }
             let _ = consume.close(200, "shutdown".into()).await;
             let _ = conn.close(200, "shutdown".into()).await;
+        } else if !tasks.is_empty() {
+            // The broker went away mid-work. Let mail already talking to SMTP
+            // finish rather than abort it: its ack fails and the broker
+            // redelivers it, but the sent-ids set then acks the redelivery
+            // instead of mailing twice. An abort could cut a send after the
+            // server had taken the mail, and the redelivery would repeat it.
+            let drain = async { while tasks.join_next().await.is_some() {} };
+            let bound = s.smtp_timeout + Duration::from_secs(2);
+            let _ = tokio::time::timeout(bound, drain).await;
         }
         ended
     }

@@ -337,3 +337,32 @@ async fn an_event_id_already_accepted_by_smtp_is_not_mailed_twice() {
     assert_eq!(env.received().len(), 1, "acked as a duplicate, not sent");
     assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_drop_during_an_smtp_send_does_not_mail_twice() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let mailer = env.mailer(&[]).await;
+    let broker = Broker::connect().await;
+    // The server takes this mail at once but answers 250 only 4 s later.
+    let event = verify_event("late@slow.test", "en", "https://acc.example/v");
+    broker.publish(&env.topology, &event.to_vec()).await;
+    assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
+    // The broker drops the mailer while it waits for that 250: the ack will
+    // fail and the broker redelivers the event after the reconnect.
+    broker_drops_connection_of(mailer.child.id().unwrap());
+    let queue = env.topology.queue();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            broker.count(&queue).await == Some(0)
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        env.received().len(),
+        1,
+        "the redelivery was recognised as already sent"
+    );
+    assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
+}
