@@ -366,3 +366,55 @@ async fn a_broker_drop_during_an_smtp_send_does_not_mail_twice() {
     );
     assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn even_at_debug_level_the_log_holds_no_password_and_no_link() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailer"));
+    cmd.env_clear();
+    for (k, v) in env.mailer_env() {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .env("RUST_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let broker = Broker::connect().await;
+    let queue = env.topology.queue();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            broker.count(&queue).await.is_some()
+        })
+        .await
+    );
+    let token = "v1.k1.SECRET-TOKEN-abcdefghijklmnopqrstuvwxyz0123456789";
+    let link = format!("https://acc.example/verify?token={token}");
+    let event = verify_event("private@example.com", "en", &link);
+    broker.publish(&env.topology, &event.to_vec()).await;
+    assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("DEBUG"), "debug logging was on");
+    assert!(
+        log.contains(&event.id.to_string()),
+        "the event id is logged"
+    );
+    assert!(!log.contains(PASSWORD), "password in the log");
+    assert!(
+        !log.contains("AUTH PLAIN") && !log.contains("AUTH LOGIN"),
+        "AUTH line in the log"
+    );
+    assert!(!log.contains("SECRET-TOKEN"), "the link's token in the log");
+    assert!(
+        !log.contains("private@example.com"),
+        "the full recipient in the log"
+    );
+}
