@@ -15,7 +15,8 @@ restart). Every accepted message is saved as OUT/<n>.eml plus OUT/<n>.json
 (decoded by Python's email package: subject, text and html parts, headers,
 and the most SMTP sessions that were open at once so far).
 Recipients at reject.test get 550, at tempfail.test 451, and at stall.test
-no answer at all (the server hangs that session); mail to slow.test is
+no answer at all (the server hangs that session), at hangup.test the
+connection is cut instead of an answer; mail to slow.test is
 recorded at once but its 250 comes 4 s later. Prints
 "READY <port>" once listening.
 """
@@ -85,6 +86,10 @@ class Recorder:
             return "550 5.1.1 Recipient address rejected: mailbox unavailable"
         if domain == "tempfail.test":
             return "451 4.3.0 Temporary failure, try again later"
+        if domain == "hangup.test":
+            # The server hangs up instead of answering (the client reads EOF).
+            server.transport.close()
+            return "250 OK"
         if domain == "stall.test":
             # A server that stops answering mid-session.
             await asyncio.sleep(3600)

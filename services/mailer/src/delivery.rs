@@ -25,20 +25,46 @@ pub struct DeliveryError {
     pub reason: String,
 }
 
-/// Classifies an SMTP error: 4xx, timeouts, connection and TLS-handshake I/O
-/// problems are transient; 5xx and malformed requests are permanent.
+/// An SMTP failure as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpFailure {
+    /// The server answered with this reply code.
+    Code(u16),
+    /// A reply that could not be read: cut short (the server hung up
+    /// mid-answer, lettre's "incomplete response") or garbled.
+    Malformed,
+    /// Refused by the client before the server was asked: no common AUTH
+    /// mechanism, no STARTTLS, non-ASCII without SMTPUTF8/8BITMIME.
+    Client,
+    /// Connect refused or reset, DNS, TLS handshake, timeouts.
+    Network,
+}
+
+/// Whether trying again later may help: 4xx, network trouble and replies cut
+/// short, yes; 5xx and what the client refuses by itself (a configuration
+/// problem), no.
+pub fn retryable(failure: SmtpFailure) -> bool {
+    match failure {
+        SmtpFailure::Code(code) => (400..500).contains(&code),
+        SmtpFailure::Malformed | SmtpFailure::Network => true,
+        SmtpFailure::Client => false,
+    }
+}
+
+/// Classifies a lettre SMTP error (see [`retryable`]).
 pub fn classify(e: &lettre::transport::smtp::Error) -> DeliveryError {
-    let transient = if e.is_permanent() {
-        false
-    } else {
-        e.is_transient() || e.is_timeout() || !e.is_response() && !e.is_client()
+    let failure = match e.status() {
+        Some(code) => SmtpFailure::Code(code.into()),
+        None if e.is_response() => SmtpFailure::Malformed,
+        None if e.is_client() => SmtpFailure::Client,
+        None => SmtpFailure::Network,
     };
     let code = e
         .status()
         .map(|c| format!("SMTP {c}: "))
         .unwrap_or_default();
     DeliveryError {
-        transient,
+        transient: retryable(failure),
         reason: format!("{code}{e}"),
     }
 }
@@ -282,6 +308,35 @@ mod tests {
             "non-ASCII subject is encoded: {raw}"
         );
         assert!(raw.contains("text/plain") && raw.contains("text/html"));
+    }
+
+    #[test]
+    fn smtp_failures_split_into_retry_and_dead() {
+        for code in [421, 450, 451, 452, 454] {
+            assert!(retryable(SmtpFailure::Code(code)), "{code}");
+        }
+        for code in [500, 530, 535, 550, 552, 553, 554] {
+            assert!(!retryable(SmtpFailure::Code(code)), "{code}");
+        }
+        // A server that hangs up mid-reply is a dropped connection, not a verdict.
+        assert!(retryable(SmtpFailure::Malformed));
+        assert!(retryable(SmtpFailure::Network));
+        assert!(!retryable(SmtpFailure::Client));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_transient() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let t: AsyncSmtpTransport<Tokio1Executor> =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+                .port(port)
+                .build();
+        let err = t.test_connection().await.unwrap_err();
+        let d = classify(&err);
+        assert!(d.transient, "{d:?}");
     }
 
     #[test]

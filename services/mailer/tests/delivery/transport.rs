@@ -418,3 +418,27 @@ async fn even_at_debug_level_the_log_holds_no_password_and_no_link() {
         "the full recipient in the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_hangs_up_mid_reply_is_retried_not_dead_lettered_at_once() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let _mailer = env.mailer(&[]).await;
+    let broker = Broker::connect().await;
+    let cut = verify_event("x@hangup.test", "en", "https://acc.example/v");
+    broker.publish(&env.topology, &cut.to_vec()).await;
+    let dead = env.topology.dead_queue();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            broker.count(&dead).await == Some(1)
+        })
+        .await
+    );
+    let letters = broker.drain(&dead).await;
+    let reason = header(&letters[0].0, "x-dead-reason").unwrap();
+    assert!(
+        reason.starts_with("retries exhausted after 4 attempts")
+            && reason.contains("incomplete response"),
+        "lettre's 'incomplete response' is a dropped connection: {reason}"
+    );
+}
