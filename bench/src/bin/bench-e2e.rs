@@ -144,19 +144,11 @@ async fn main() -> anyhow::Result<()> {
 
     // Wait for the mail (up to a minute after the last sign-up).
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut files = Vec::new();
-    while Instant::now() < deadline {
-        files = std::fs::read_dir(&dumps)?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .collect();
-        if files.len() >= n {
-            break;
-        }
+    while Instant::now() < deadline && std::fs::read_dir(&dumps)?.count() < n {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await; // late duplicates would show up here
-    files = std::fs::read_dir(&dumps)?
+    let files: Vec<_> = std::fs::read_dir(&dumps)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .collect();
