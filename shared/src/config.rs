@@ -168,6 +168,21 @@ impl Env {
     }
 }
 
+/// The variable names a configuration module reads through `env.<method>("NAME", ...)`,
+/// found in its source (tests before the `#[cfg(test)]` line are ignored).
+/// Services use it to check that their `ENV_VARS` list is complete.
+pub fn variables_read(source: &str, prefix: &str) -> Vec<String> {
+    let code = source.split("#[cfg(test)]").next().unwrap_or("");
+    code.split("env.")
+        .skip(1)
+        .filter_map(|rest| {
+            let rest = rest.split_once('(')?.1;
+            let name = rest.strip_prefix('"')?.split('"').next()?;
+            Some(format!("{prefix}{name}"))
+        })
+        .collect()
+}
+
 /// Replaces the password in a URL by `***`, for logs.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

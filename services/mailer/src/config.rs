@@ -334,14 +334,9 @@ mod tests {
 
     #[test]
     fn every_variable_read_is_listed() {
-        let source = include_str!("config.rs");
-        let code = source.split("#[cfg(test)]").next().unwrap();
-        for name in code.split("env.").skip(1).filter_map(|rest| {
-            let rest = rest.split_once('(')?.1;
-            let name = rest.strip_prefix('"')?.split('"').next()?;
-            Some(name.to_owned())
-        }) {
-            let var = format!("MAILER_{name}");
+        let read = shared::config::variables_read(include_str!("config.rs"), "MAILER_");
+        assert!(read.len() > 10, "the scan finds the reads: {read:?}");
+        for var in read {
             assert!(
                 ENV_VARS.contains(&var.as_str()),
                 "{var} is read but not in ENV_VARS"
