@@ -264,6 +264,40 @@ fn the_dockerfile_builds_locked_and_runs_unprivileged() {
     assert!(ignore.lines().any(|l| l.trim() == "target/"));
 }
 
+/// `[patch.crates-io]` paths are not workspace members, so cargo-chef's recipe
+/// skeleton leaves them out: the builder must copy them before `cook`.
+#[test]
+fn the_dockerfile_copies_patched_crates_before_cooking() {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let patch = manifest
+        .split("[patch.crates-io]")
+        .nth(1)
+        .expect("the workspace patches lettre");
+    let patch = patch.split("\n[").next().unwrap();
+    let dirs: Vec<&str> = patch
+        .split("path = \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next()?.split('/').next())
+        .collect();
+    assert!(!dirs.is_empty(), "patch paths found in {patch:?}");
+    let d = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    let builder = d.split(" AS builder\n").nth(1).expect("builder stage");
+    let before_cook = builder.split("cargo chef cook").next().unwrap();
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
+    for dir in dirs {
+        assert!(
+            before_cook.contains(&format!("COPY {dir} {dir}")),
+            "the builder copies {dir}/ before cargo chef cook"
+        );
+        assert!(
+            !ignore
+                .lines()
+                .any(|l| l.trim().trim_end_matches('/') == dir),
+            "{dir}/ is not in .dockerignore"
+        );
+    }
+}
+
 #[test]
 fn the_production_example_sets_only_known_variables() {
     let text = std::fs::read_to_string(root().join("deploy/production.env.example")).unwrap();
