@@ -4,7 +4,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{client_key, removal_cookie, session_cookie, session_token};
+use super::{fields, rate_limit, removal_cookie, session_cookie, session_token};
 use crate::accounts;
 use crate::domain::{Email, FieldError, Password};
 use crate::error::AppError;
@@ -39,16 +39,6 @@ fn required(value: Option<String>, field: &'static str) -> Result<String, FieldE
     })
 }
 
-/// Collects every field error at once, so a client can show them together.
-fn fields<A, B>(a: Result<A, FieldError>, b: Result<B, FieldError>) -> Result<(A, B), AppError> {
-    match (a, b) {
-        (Ok(a), Ok(b)) => Ok((a, b)),
-        (a, b) => Err(AppError::Validation(
-            [a.err(), b.err()].into_iter().flatten().collect(),
-        )),
-    }
-}
-
 fn accepted() -> HttpResponse {
     HttpResponse::Accepted().json(json!({
         "status": "accepted",
@@ -71,10 +61,7 @@ async fn signup(
         None | Some("") => super::lang(&req, &state),
         Some(tag) => Lang::from_tag(tag).unwrap_or(state.settings.default_locale),
     };
-    state
-        .limits
-        .check(&client_key(&req, &state.settings), Some(&email.key()))
-        .map_err(AppError::RateLimited)?;
+    rate_limit(&req, &state, &email)?;
     accounts::signup(&state, email, password, lang).await?;
     Ok(accepted())
 }
@@ -93,10 +80,7 @@ async fn resend(
     let email = required(body.into_inner().email, "email")
         .and_then(|e| Email::parse(&e))
         .map_err(|e| AppError::Validation(vec![e]))?;
-    state
-        .limits
-        .check(&client_key(&req, &state.settings), Some(&email.key()))
-        .map_err(AppError::RateLimited)?;
+    rate_limit(&req, &state, &email)?;
     accounts::resend(&state, email, super::lang(&req, &state)).await?;
     Ok(accepted())
 }
@@ -136,10 +120,7 @@ async fn login(
         required(body.email, "email").and_then(|e| Email::parse(&e)),
         required(body.password, "password").and_then(Password::parse_login),
     )?;
-    state
-        .limits
-        .check(&client_key(&req, &state.settings), Some(&email.key()))
-        .map_err(AppError::RateLimited)?;
+    rate_limit(&req, &state, &email)?;
     let session = accounts::login(&state, email, password).await?;
     Ok(HttpResponse::Ok()
         .cookie(session_cookie(&state.settings, session.as_str()))

@@ -8,6 +8,8 @@ use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite, time};
 
 use crate::config::Settings;
+use crate::domain::{Email, FieldError};
+use crate::error::AppError;
 use crate::i18n::Lang;
 use crate::startup::AppState;
 
@@ -78,4 +80,25 @@ pub fn lang(req: &HttpRequest, state: &AppState) -> Lang {
                 .and_then(Lang::from_accept_language)
         })
         .unwrap_or(state.settings.default_locale)
+}
+
+/// Applies the per-client and per-address rate limits of sign-up, resend and login.
+pub fn rate_limit(req: &HttpRequest, state: &AppState, email: &Email) -> Result<(), AppError> {
+    state
+        .limits
+        .check(&client_key(req, &state.settings), Some(&email.key()))
+        .map_err(AppError::RateLimited)
+}
+
+/// Collects every field error at once, so a client can show them together.
+pub fn fields<A, B>(
+    a: Result<A, FieldError>,
+    b: Result<B, FieldError>,
+) -> Result<(A, B), AppError> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (a, b) => Err(AppError::Validation(
+            [a.err(), b.err()].into_iter().flatten().collect(),
+        )),
+    }
 }

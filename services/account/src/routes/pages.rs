@@ -8,7 +8,7 @@ use base64::Engine;
 use minijinja::{Environment, Value, context};
 use serde::Deserialize;
 
-use super::{client_key, lang, removal_cookie, session_cookie, session_token};
+use super::{fields, lang, rate_limit, removal_cookie, session_cookie, session_token};
 use crate::accounts;
 use crate::domain::{Email, FieldError, Password};
 use crate::error::AppError;
@@ -180,7 +180,8 @@ async fn signup_form(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
 }
 
 #[derive(Deserialize)]
-struct SignupForm {
+/// The sign-up and login forms.
+struct CredentialsForm {
     #[serde(default)]
     email: String,
     #[serde(default)]
@@ -190,28 +191,18 @@ struct SignupForm {
 async fn signup(
     req: HttpRequest,
     state: web::Data<AppState>,
-    form: web::Form<SignupForm>,
+    form: web::Form<CredentialsForm>,
 ) -> HttpResponse {
     let lang = lang(&req, &state);
     let form = form.into_inner();
     let typed = form.email.clone();
     let result = async {
         same_origin(&req, &state)?;
-        let (email, password) = match (
+        let (email, password) = fields(
             Email::parse(&form.email),
             Password::parse_new(form.password),
-        ) {
-            (Ok(e), Ok(p)) => (e, p),
-            (e, p) => {
-                return Err(AppError::Validation(
-                    [e.err(), p.err()].into_iter().flatten().collect(),
-                ));
-            }
-        };
-        state
-            .limits
-            .check(&client_key(&req, &state.settings), Some(&email.key()))
-            .map_err(AppError::RateLimited)?;
+        )?;
+        rate_limit(&req, &state, &email)?;
         accounts::signup(&state, email, password, lang).await
     }
     .await;
@@ -304,10 +295,7 @@ async fn resend(
     let result = async {
         same_origin(&req, &state)?;
         let email = Email::parse(&form.email).map_err(|e| AppError::Validation(vec![e]))?;
-        state
-            .limits
-            .check(&client_key(&req, &state.settings), Some(&email.key()))
-            .map_err(AppError::RateLimited)?;
+        rate_limit(&req, &state, &email)?;
         accounts::resend(&state, email, lang).await
     }
     .await;
@@ -336,39 +324,21 @@ async fn login_form(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         .render(StatusCode::OK, "login.html", lang, context! {})
 }
 
-#[derive(Deserialize)]
-struct LoginForm {
-    #[serde(default)]
-    email: String,
-    #[serde(default)]
-    password: String,
-}
-
 async fn login(
     req: HttpRequest,
     state: web::Data<AppState>,
-    form: web::Form<LoginForm>,
+    form: web::Form<CredentialsForm>,
 ) -> HttpResponse {
     let lang = lang(&req, &state);
     let form = form.into_inner();
     let typed = form.email.clone();
     let result = async {
         same_origin(&req, &state)?;
-        let (email, password) = match (
+        let (email, password) = fields(
             Email::parse(&form.email),
             Password::parse_login(form.password),
-        ) {
-            (Ok(e), Ok(p)) => (e, p),
-            (e, p) => {
-                return Err(AppError::Validation(
-                    [e.err(), p.err()].into_iter().flatten().collect(),
-                ));
-            }
-        };
-        state
-            .limits
-            .check(&client_key(&req, &state.settings), Some(&email.key()))
-            .map_err(AppError::RateLimited)?;
+        )?;
+        rate_limit(&req, &state, &email)?;
         accounts::login(&state, email, password).await
     }
     .await;
