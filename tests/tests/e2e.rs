@@ -7,22 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use shared::Topology;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const PG: &str = "postgres://postgres@127.0.0.1:5432";
+use testkit::{PG, SmtpDirs, Teardown, free_port, python, received, root, start_smtp};
+
 const SMTP_USER: &str = "no-reply@naver.test";
 const SMTP_PASSWORD: &str = "e2e-app-password";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// target/<profile>/, where cargo put the service binaries.
 fn bin_dir() -> PathBuf {
@@ -51,49 +44,19 @@ fn binary(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
-fn python() -> PathBuf {
-    let p = std::env::var_os("TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/test-venv/bin/python"));
-    assert!(
-        p.exists(),
-        "run scripts/test (it installs the test SMTP server)"
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn wait_ok(url: &str) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if client
-            .get(url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{url} never answered 200");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = testkit::wait_ok(&reqwest::Client::new(), url, Duration::from_secs(60)).await;
+    assert!(ready, "{url} never answered 200");
 }
 
 /// The running system; everything it made is removed on drop.
 struct System {
     dir: PathBuf,
-    db: String,
     topology: Topology,
     account_url: String,
+    /// Declared before the teardown: the services stop first.
     _procs: Vec<Child>,
+    _teardown: Teardown,
 }
 
 impl System {
@@ -103,6 +66,13 @@ impl System {
         std::fs::create_dir_all(&dir).unwrap();
         let topology = Topology::new(&format!("test-{id}")).unwrap();
         let db = format!("test_e2e_{id}");
+        // Made first, so a start that fails half-way also cleans up.
+        let teardown = Teardown {
+            dir: Some(dir.clone()),
+            database: Some(db.clone()),
+            topology: Some(topology.clone()),
+            retry_delays: mailer::config::DEFAULT_RETRY_DELAYS.to_vec(),
+        };
         let quiet = std::env::var_os("TEST_LOG").is_none();
         let log = || {
             if quiet {
@@ -113,31 +83,11 @@ impl System {
         };
 
         let smtp_port = free_port();
-        let mut smtp = Command::new(python())
-            .arg(root().join("tests/support/smtpd.py"))
-            .args([
-                "--port",
-                &smtp_port.to_string(),
-                "--user",
-                SMTP_USER,
-                "--password",
-                SMTP_PASSWORD,
-            ])
-            .arg("--dir")
-            .arg(dir.join("inbox"))
-            .arg("--pki")
-            .arg(dir.join("pki"))
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(smtp.stdout.take().unwrap()).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert!(ready.starts_with("READY"), "{ready}");
+        let dirs = SmtpDirs {
+            inbox: &dir.join("inbox"),
+            pki: &dir.join("pki"),
+        };
+        let smtp = start_smtp(smtp_port, SMTP_USER, SMTP_PASSWORD, dirs, &[]).await;
 
         let mailer_port = free_port();
         let mailer = Command::new(binary("mailer"))
@@ -183,81 +133,26 @@ impl System {
         wait_ok(&format!("{account_url}/readyz")).await;
         Self {
             dir,
-            db,
             topology,
             account_url,
             _procs: vec![smtp, mailer, account],
+            _teardown: teardown,
         }
-    }
-
-    fn mails(&self) -> Vec<Value> {
-        let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(self.dir.join("inbox"))
-            .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .filter_map(|p| Some((p.file_stem()?.to_str()?.parse().ok()?, p)))
-            .collect();
-        files.sort();
-        files
-            .into_iter()
-            .map(|(_, p)| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
-            .collect()
     }
 
     /// The next mail to `to`, waiting for it at the SMTP server.
     async fn mail_to(&self, to: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(m) = self.mails().into_iter().find(|m| m["rcpt_tos"][0] == to) {
+            if let Some(m) = received(&self.dir.join("inbox"))
+                .into_iter()
+                .find(|m| m["rcpt_tos"][0] == to)
+            {
                 return m;
             }
             assert!(Instant::now() < deadline, "no mail reached {to}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-}
-
-impl Drop for System {
-    fn drop(&mut self) {
-        self._procs.clear(); // kill the services first
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let (db, t) = (self.db.clone(), self.topology.clone());
-        let _ = std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
-            .arg(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-            .output();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                let Ok(ch) = conn.create_channel().await else {
-                    return;
-                };
-                let mut queues = vec![t.queue(), t.dead_queue()];
-                for secs in [5, 30, 120, 600, 3600] {
-                    queues.push(t.retry_queue(Duration::from_secs(secs)));
-                }
-                for q in queues {
-                    let _ = ch
-                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                let _ = ch
-                    .exchange_delete(
-                        t.exchange().as_str().into(),
-                        ExchangeDeleteOptions::default(),
-                    )
-                    .await;
-            });
-        })
-        .join();
     }
 }
 

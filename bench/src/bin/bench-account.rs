@@ -17,8 +17,7 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432";
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+use testkit::{AMQP, PG};
 
 fn hash_time() -> Duration {
     let argon = Argon2::new(

@@ -15,29 +15,14 @@ use bench::{Latencies, ms, sh};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use testkit::{PG, free_port};
 
 async fn wait_ok(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
-    for _ in 0..600 {
-        if client
-            .get(url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if testkit::wait_ok(client, url, Duration::from_secs(60)).await {
+        Ok(())
+    } else {
+        anyhow::bail!("{url} never became ready")
     }
-    anyhow::bail!("{url} never became ready")
 }
 
 /// Recipient of a dumped mail: the `To:` header.

@@ -14,16 +14,7 @@ use lapin::options::*;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use shared::envelope::{TEMPLATE_VERIFY_EMAIL, VerifyEmailData};
 use shared::{MailSend, Recipient, Topology};
-
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use testkit::{AMQP, free_port};
 
 /// Percentile from Prometheus histogram buckets (upper bound of the bucket).
 fn bucket_pct(metrics: &str, name: &str, p: f64) -> Option<f64> {

@@ -30,6 +30,15 @@ pub const ENV_VARS: &[&str] = &[
 ];
 
 /// The variables that are secrets and so also accept `<NAME>_FILE`.
+/// The retry ladder when `MAILER_RETRY_DELAYS` is not set: 5 s, 30 s, 2 min, 10 min, 1 h.
+pub const DEFAULT_RETRY_DELAYS: [Duration; 5] = [
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+    Duration::from_secs(3600),
+];
+
 pub const SECRET_VARS: &[&str] = &["MAILER_AMQP_URL", "MAILER_SMTP_URL", "MAILER_SMTP_PASSWORD"];
 
 /// Whether the work queue is a classic or a quorum queue.
@@ -150,10 +159,7 @@ impl Settings {
         if prefetch == 0 {
             return Err(env.error("PREFETCH", "must be at least 1"));
         }
-        let retry_delays = env.durations(
-            "RETRY_DELAYS",
-            &[5, 30, 120, 600, 3600].map(Duration::from_secs),
-        )?;
+        let retry_delays = env.durations("RETRY_DELAYS", &DEFAULT_RETRY_DELAYS)?;
         if retry_delays.iter().any(|d| d.is_zero()) {
             return Err(env.error("RETRY_DELAYS", "delays must be greater than 0"));
         }

@@ -59,9 +59,11 @@ async fn keygen_prints_a_key_the_ring_accepts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_creates_the_database_and_its_tables() {
     let db = format!("test_account_{}", Uuid::new_v4().simple());
-    let _guard = Cleanup {
-        db_name: db.clone(),
-        topology: shared::Topology::new("unused").unwrap(),
+    let _teardown = Teardown {
+        database: Some(db.clone()),
+        dir: None,
+        topology: None,
+        retry_delays: Vec::new(),
     };
     let out = command()
         .arg("migrate")
@@ -90,14 +92,13 @@ async fn logs_never_hold_a_password_token_or_session_and_sigterm_exits_cleanly()
     let id = Uuid::new_v4().simple().to_string();
     let db = format!("test_account_{id}");
     let prefix = format!("test-{id}");
-    let _guard = Cleanup {
-        db_name: db.clone(),
-        topology: shared::Topology::new(&prefix).unwrap(),
+    let _teardown = Teardown {
+        database: Some(db.clone()),
+        topology: Some(shared::Topology::new(&prefix).unwrap()),
+        dir: None,
+        retry_delays: Vec::new(),
     };
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = testkit::free_port();
     let mut child = command()
         .env("ACCOUNT_BIND", format!("127.0.0.1:{port}"))
         .env("ACCOUNT_DATABASE_URL", format!("{PG}/{db}"))

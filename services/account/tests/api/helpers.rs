@@ -17,8 +17,7 @@ use shared::config::Env;
 use shared::{MailSend, Topology};
 use uuid::Uuid;
 
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
+pub use testkit::{AMQP, PG, Teardown};
 
 /// One mail event as it arrived on the broker.
 pub struct Captured {
@@ -34,6 +33,7 @@ pub struct TestApp {
     pub key_spec: String,
     pub client: reqwest::Client,
     capture: Option<Capture>,
+    _teardown: Teardown,
 }
 
 struct Capture {
@@ -105,14 +105,16 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         Settings::from(&Env::from_map("ACCOUNT_", vars.clone())).expect("test settings are valid");
     let topology = settings.topology.clone();
 
+    let teardown = Teardown {
+        database: Some(db_name.clone()),
+        topology: Some(topology.clone()),
+        dir: None,
+        retry_delays: Vec::new(),
+    };
     let capture = if opts.capture {
         Some(capture(&topology).await)
     } else {
         None
-    };
-    let mut guard = Cleanup {
-        db_name: db_name.clone(),
-        topology: topology.clone(),
     };
     let app = Application::build(settings).await.expect("the app starts");
     let port = app.port();
@@ -123,8 +125,6 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         .cookie_store(true)
         .build()
         .unwrap();
-    // The cleanup now belongs to the TestApp.
-    guard.db_name.clear();
     TestApp {
         base,
         db_name,
@@ -132,6 +132,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         key_spec,
         client,
         capture,
+        _teardown: teardown,
     }
 }
 
@@ -188,56 +189,6 @@ async fn capture(topology: &Topology) -> Capture {
     Capture {
         _conn: conn,
         consumer,
-    }
-}
-
-/// Drops the test database and the broker exchange, on a thread of its own
-/// so it also works while a panic unwinds.
-pub struct Cleanup {
-    pub db_name: String,
-    pub topology: Topology,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if self.db_name.is_empty() {
-            return;
-        }
-        let db = self.db_name.clone();
-        let exchange = self.topology.exchange();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-                if let Ok(mut c) = AsyncPgConnection::establish(&format!("{PG}/postgres")).await {
-                    let _ =
-                        diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-                            .execute(&mut c)
-                            .await;
-                }
-                if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
-                    && let Ok(ch) = conn.create_channel().await
-                {
-                    let _ = ch
-                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                        .await;
-                    let _ = conn.close(200, "bye".into()).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        drop(Cleanup {
-            db_name: self.db_name.clone(),
-            topology: self.topology.clone(),
-        });
     }
 }
 

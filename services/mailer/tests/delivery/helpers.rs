@@ -1,7 +1,7 @@
 //! A real SMTP server (aiosmtpd, STARTTLS + AUTH), the mailer binary as a
 //! process, and a broker prefix of the test's own, removed at the end.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -10,45 +10,24 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::Value;
 use shared::Topology;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub use testkit::{AMQP, free_port, root, wait_until};
+use testkit::{SmtpDirs, Teardown, start_smtp};
+
 pub const USER: &str = "sender@naver.test";
 pub const PASSWORD: &str = "app-password-123";
 pub const RETRIES: &str = "300ms,600ms,1s";
-
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/test-venv/bin/python"));
-    assert!(
-        p.exists(),
-        "the test SMTP server needs its virtualenv: run scripts/test (or source scripts/test-deps.sh)"
-    );
-    p
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Everything one test owns: a temp folder, a broker prefix.
 pub struct Env {
     pub dir: PathBuf,
     pub topology: Topology,
     pub smtp_port: u16,
-    /// Every retry ladder a mailer of this test declared, for the cleanup.
-    ladders: std::sync::Mutex<Vec<String>>,
+    /// Removes the folder and the broker prefix; every retry ladder a mailer
+    /// of this test declared is added to it.
+    teardown: std::sync::Mutex<Teardown>,
 }
 
 impl Env {
@@ -56,11 +35,20 @@ impl Env {
         let id = Uuid::new_v4().simple().to_string();
         let dir = std::env::temp_dir().join(format!("mailer-test-{id}"));
         std::fs::create_dir_all(&dir).unwrap();
+        let topology = Topology::new(&format!("test-{id}")).unwrap();
+        let mut retry_delays = mailer::config::DEFAULT_RETRY_DELAYS.to_vec();
+        retry_delays.extend(ladder(RETRIES));
+        let teardown = Teardown {
+            dir: Some(dir.clone()),
+            topology: Some(topology.clone()),
+            retry_delays,
+            database: None,
+        };
         Self {
             dir,
-            topology: Topology::new(&format!("test-{id}")).unwrap(),
+            topology,
             smtp_port: free_port(),
-            ladders: std::sync::Mutex::new(vec![RETRIES.to_owned(), "5s,30s,2m,10m,1h".to_owned()]),
+            teardown: std::sync::Mutex::new(teardown),
         }
     }
 
@@ -79,32 +67,11 @@ impl Env {
 
     /// Starts aiosmtpd on this test's port with extra flags (`--implicit-tls`).
     pub async fn smtp_with(&self, flags: &[&str]) -> Smtp {
-        let mut child = Command::new(python())
-            .arg(root().join("tests/support/smtpd.py"))
-            .args([
-                "--port",
-                &self.smtp_port.to_string(),
-                "--user",
-                USER,
-                "--password",
-                PASSWORD,
-            ])
-            .arg("--dir")
-            .arg(self.inbox())
-            .arg("--pki")
-            .arg(self.pki())
-            .args(flags)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert!(line.starts_with("READY"), "{line}");
+        let dirs = SmtpDirs {
+            inbox: &self.inbox(),
+            pki: &self.pki(),
+        };
+        let child = start_smtp(self.smtp_port, USER, PASSWORD, dirs, flags).await;
         Smtp { _child: child }
     }
 
@@ -151,7 +118,8 @@ impl Env {
         for (k, v) in extra {
             cmd.env(k, v);
             if *k == "MAILER_RETRY_DELAYS" {
-                self.ladders.lock().unwrap().push(v.to_string());
+                let mut teardown = self.teardown.lock().unwrap();
+                teardown.retry_delays.extend(ladder(v));
             }
         }
         if std::env::var_os("TEST_LOG").is_none() {
@@ -169,22 +137,7 @@ impl Env {
 
     /// The decoded summaries of every mail the SMTP server accepted, in order.
     pub fn received(&self) -> Vec<Value> {
-        let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(self.inbox())
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .filter_map(|p| Some((p.file_stem()?.to_str()?.parse().ok()?, p)))
-            .collect();
-        files.sort();
-        files
-            .into_iter()
-            .map(|(_, p)| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
-            .collect()
+        testkit::received(&self.inbox())
     }
 
     /// Waits until at least `n` mails arrived.
@@ -200,44 +153,11 @@ impl Env {
     }
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let t = self.topology.clone();
-        let ladders = self.ladders.lock().map(|l| l.join(",")).unwrap_or_default();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                let Ok(ch) = conn.create_channel().await else {
-                    return;
-                };
-                let mut queues = vec![t.queue(), t.dead_queue()];
-                for d in ladders.split(',') {
-                    queues.push(t.retry_queue(humantime::parse_duration(d).unwrap()));
-                }
-                for q in queues {
-                    let _ = ch
-                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                let _ = ch
-                    .exchange_delete(
-                        t.exchange().as_str().into(),
-                        ExchangeDeleteOptions::default(),
-                    )
-                    .await;
-                let _ = conn.close(200, "bye".into()).await;
-            });
-        })
-        .join();
-    }
+/// A retry ladder as `MAILER_RETRY_DELAYS` spells it.
+fn ladder(spec: &str) -> Vec<Duration> {
+    spec.split(',')
+        .map(|d| humantime::parse_duration(d.trim()).unwrap())
+        .collect()
 }
 
 /// The running SMTP server; killed when dropped.
@@ -347,19 +267,4 @@ pub fn header(props: &BasicProperties, name: &str) -> Option<String> {
         AMQPValue::LongInt(n) => Some(n.to_string()),
         other => Some(format!("{other:?}")),
     }
-}
-
-pub async fn wait_until<F, Fut>(within: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
