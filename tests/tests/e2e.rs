@@ -25,13 +25,16 @@ fn bin_dir() -> PathBuf {
 
 /// A service binary, built first: `cargo test -p e2e` alone does not build
 /// other packages' binaries, and a stale one would test old code. A no-op
-/// when they are fresh.
+/// when they are fresh. `--workspace --all-targets` resolves features as
+/// `cargo nextest run --workspace` does, so after the test build it finds
+/// the binaries fresh; `--bin account --bin mailer` alone resolved them
+/// differently and built a second copy of every service crate.
 fn binary(name: &str) -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--bin", "account", "--bin", "mailer"])
+        cmd.args(["build", "--workspace", "--all-targets"])
             .current_dir(root());
         if bin_dir().ends_with("release") {
             cmd.arg("--release");
