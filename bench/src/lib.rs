@@ -43,3 +43,93 @@ pub fn sh(cmd: &str) -> String {
 pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
+
+/// CPU time (user + system) a `/proc/.../stat` line reports, at 100 ticks/s.
+fn stat_cpu(stat: &str) -> Option<Duration> {
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU time used so far by one process (all its threads).
+pub fn cpu_of_pid(pid: u32) -> Duration {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| stat_cpu(&s))
+        .unwrap_or_default()
+}
+
+/// CPU time used so far by the threads of `pid` whose name starts with `prefix`.
+pub fn cpu_of_threads(pid: u32, prefix: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            name.starts_with(prefix)
+                .then(|| stat_cpu(&std::fs::read_to_string(dir.join("stat")).ok()?))?
+        })
+        .sum()
+}
+
+/// CPU time used so far by every live process with this command name
+/// (`postgres`, `beam.smp`).
+pub fn cpu_of_command(name: &str) -> Duration {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    procs
+        .filter_map(|p| {
+            let dir = p.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            (comm.trim() == name)
+                .then(|| stat_cpu(&std::fs::read_to_string(dir.join("stat")).ok()?))?
+        })
+        .sum()
+}
+
+/// Where the CPU time of a phase went: the service's hashing threads, the
+/// rest of the service, PostgreSQL, RabbitMQ and the load generator.
+pub struct CpuSplit {
+    pid: u32,
+    start: [Duration; 5],
+}
+
+impl CpuSplit {
+    fn sample(pid: u32) -> [Duration; 5] {
+        let hashing = cpu_of_threads(pid, "argon2-");
+        [
+            hashing,
+            cpu_of_pid(pid).saturating_sub(hashing),
+            cpu_of_command("postgres"),
+            cpu_of_command("beam.smp"),
+            cpu_of_pid(std::process::id()),
+        ]
+    }
+
+    pub fn start(pid: u32) -> Self {
+        Self {
+            pid,
+            start: Self::sample(pid),
+        }
+    }
+
+    /// Milliseconds of CPU per operation since `start`, by part.
+    pub fn per_op(&self, ops: usize) -> String {
+        let end = Self::sample(self.pid);
+        let per =
+            |i: usize| (end[i].saturating_sub(self.start[i])).as_secs_f64() * 1e3 / ops as f64;
+        format!(
+            "CPU per request: hashing {:.1} ms, rest of the service {:.1} ms, PostgreSQL {:.1} ms, RabbitMQ {:.1} ms, load generator {:.1} ms",
+            per(0),
+            per(1),
+            per(2),
+            per(3),
+            per(4)
+        )
+    }
+}
