@@ -30,6 +30,18 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// Anonymous memory of a process backed by transparent huge pages, in KiB.
+pub fn anon_huge_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find(|l| l.starts_with("AnonHugePages:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Runs a shell command and returns its stdout.
 pub fn sh(cmd: &str) -> String {
     let out = std::process::Command::new("bash")
