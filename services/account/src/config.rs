@@ -35,6 +35,7 @@ pub const ENV_VARS: &[&str] = &[
     "ACCOUNT_ARGON2_PARALLELISM",
     "ACCOUNT_HASH_CONCURRENCY",
     "ACCOUNT_OUTBOX_SWEEP_INTERVAL",
+    "ACCOUNT_OUTBOX_RETENTION",
     "ACCOUNT_WORKERS",
     "ACCOUNT_LOG_FORMAT",
 ];
@@ -91,6 +92,8 @@ pub struct Settings {
     pub argon2: Argon2Settings,
     pub hash_concurrency: usize,
     pub outbox_sweep_interval: Duration,
+    /// Published outbox rows older than this are deleted; zero keeps them.
+    pub outbox_retention: Duration,
     pub workers: usize,
     pub log_json: bool,
 }
@@ -234,6 +237,8 @@ impl Settings {
             outbox_sweep_interval: env
                 .duration("OUTBOX_SWEEP_INTERVAL", Duration::from_secs(5))?
                 .max(Duration::from_millis(50)),
+            outbox_retention: env
+                .duration("OUTBOX_RETENTION", Duration::from_secs(7 * 24 * 3600))?,
             workers: positive(env, "WORKERS", cores() as u32)? as usize,
             log_json,
         })
@@ -278,6 +283,9 @@ mod tests {
         assert!(s.token_keys.is_none());
         assert_eq!(s.token_ttl, Duration::from_secs(86400));
         assert_eq!(s.argon2.memory_kib, 19456);
+        assert_eq!(s.outbox_retention, Duration::from_secs(7 * 24 * 3600));
+        let keep = settings(&[("ACCOUNT_OUTBOX_RETENTION", "0")]).unwrap();
+        assert!(keep.outbox_retention.is_zero());
     }
 
     #[test]
@@ -296,6 +304,7 @@ mod tests {
             ("ACCOUNT_LOG_FORMAT", "xml"),
             ("ACCOUNT_POST_VERIFY_URL", "https://evil.example"),
             ("ACCOUNT_WORKERS", "-1"),
+            ("ACCOUNT_OUTBOX_RETENTION", "a week"),
         ];
         for (var, value) in cases {
             let err = settings(&[(var, value)]).unwrap_err();

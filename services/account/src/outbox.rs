@@ -22,6 +22,42 @@ use crate::broker::{Outgoing, Published, Publisher};
 use crate::db::DbPool;
 use crate::schema::outbox;
 
+/// Rows one purge statement deletes at most.
+const PURGE_BATCH: i64 = 5000;
+
+/// Deletes published rows older than `retention`, a batch per statement so
+/// none holds many locks, and returns how many. Unpublished rows stay
+/// whatever their age: they are mail not yet sent.
+pub async fn purge_published(
+    conn: &mut AsyncPgConnection,
+    retention: Duration,
+) -> QueryResult<usize> {
+    let Some(cutoff) = chrono::Duration::from_std(retention)
+        .ok()
+        .and_then(|r| Utc::now().checked_sub_signed(r))
+    else {
+        return Ok(0);
+    };
+    let mut total = 0;
+    loop {
+        let batch: Vec<Uuid> = outbox::table
+            .select(outbox::id)
+            .filter(outbox::published_at.lt(cutoff))
+            .limit(PURGE_BATCH)
+            .load(conn)
+            .await?;
+        if batch.is_empty() {
+            return Ok(total);
+        }
+        total += diesel::delete(outbox::table.filter(outbox::id.eq_any(&batch)))
+            .execute(conn)
+            .await?;
+        if (batch.len() as i64) < PURGE_BATCH {
+            return Ok(total);
+        }
+    }
+}
+
 /// Adds a `mail.send` event to the outbox, inside the caller's transaction.
 pub async fn enqueue(conn: &mut AsyncPgConnection, mail: &MailSend) -> QueryResult<()> {
     let payload = serde_json::to_value(mail).expect("a MailSend always serializes");

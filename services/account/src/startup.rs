@@ -116,6 +116,7 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("cannot listen on ACCOUNT_BIND={}: {e}", settings.bind))?;
         let port = listener.local_addr()?.port();
         let workers = settings.workers;
+        let outbox_retention = settings.outbox_retention;
         let state = web::Data::new(AppState {
             hasher: Hasher::new(settings.argon2, settings.hash_concurrency),
             settings: Arc::new(settings),
@@ -199,7 +200,7 @@ impl Application {
 
         let (shutdown, rx) = watch::channel(false);
         let relay_task = tokio::spawn(relay.run(rx.clone()));
-        let housekeeping = tokio::spawn(housekeeping(pool, limits, rx));
+        let housekeeping = tokio::spawn(housekeeping(pool, limits, outbox_retention, rx));
         Ok(Self {
             port,
             server,
@@ -230,7 +231,14 @@ impl Application {
     }
 }
 
-async fn housekeeping(pool: DbPool, limits: Limits, mut shutdown: watch::Receiver<bool>) {
+/// Every ten minutes (and at start): forgets idle rate-limit keys, deletes
+/// expired sessions and published outbox rows past their retention.
+async fn housekeeping(
+    pool: DbPool,
+    limits: Limits,
+    outbox_retention: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
         tokio::select! {
@@ -238,12 +246,21 @@ async fn housekeeping(pool: DbPool, limits: Limits, mut shutdown: watch::Receive
             _ = shutdown.changed() => return,
         }
         limits.purge();
-        if let Ok(mut conn) = pool.get().await {
-            match crate::sessions::purge_expired(&mut conn).await {
-                Ok(n) if n > 0 => tracing::info!(count = n, "purged expired sessions"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not purge expired sessions"),
-            }
+        let Ok(mut conn) = pool.get().await else {
+            continue;
+        };
+        match crate::sessions::purge_expired(&mut conn).await {
+            Ok(n) if n > 0 => tracing::info!(count = n, "purged expired sessions"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not purge expired sessions"),
+        }
+        if outbox_retention.is_zero() {
+            continue;
+        }
+        match crate::outbox::purge_published(&mut conn, outbox_retention).await {
+            Ok(n) if n > 0 => tracing::info!(count = n, "purged published outbox rows"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not purge the outbox"),
         }
     }
 }

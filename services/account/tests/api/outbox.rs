@@ -152,3 +152,47 @@ async fn concurrent_relays_never_publish_a_row_twice() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_rows_past_retention_are_purged_and_unsent_mail_never_is() {
+    let app = spawn_app().await;
+    let mut db = app.db().await;
+    use diesel_async::SimpleAsyncConnection;
+    // More old published rows than one purge statement takes, two recent
+    // ones, and an old row that never went out.
+    db.batch_execute(
+        "INSERT INTO outbox (id, routing_key, payload, created_at, published_at) \
+         SELECT gen_random_uuid(), 'mail.send', '{}', now() - interval '9 days', \
+                now() - interval '8 days' FROM generate_series(1, 5003); \
+         INSERT INTO outbox (id, routing_key, payload, created_at, published_at) \
+         SELECT gen_random_uuid(), 'recent', '{}', now() - interval '1 hour', \
+                now() - interval '1 hour' FROM generate_series(1, 2); \
+         INSERT INTO outbox (id, routing_key, payload, created_at) \
+         VALUES (gen_random_uuid(), 'unsent', '{}', now() - interval '30 days')",
+    )
+    .await
+    .unwrap();
+
+    let purged = account::outbox::purge_published(&mut db, Duration::from_secs(7 * 24 * 3600))
+        .await
+        .unwrap();
+    assert_eq!(purged, 5003);
+    assert_eq!(app.count("SELECT count(*) AS n FROM outbox").await, 3);
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM outbox WHERE routing_key = 'recent'")
+            .await,
+        2
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) AS n FROM outbox WHERE routing_key = 'unsent' AND published_at IS NULL"
+        )
+        .await,
+        1
+    );
+    // A retention longer than time itself purges nothing and does not panic.
+    let none = account::outbox::purge_published(&mut db, Duration::MAX)
+        .await
+        .unwrap();
+    assert_eq!(none, 0);
+}
