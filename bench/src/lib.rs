@@ -18,28 +18,26 @@ impl Latencies {
     }
 }
 
-/// Peak resident set size of a process in KiB (VmHWM), if readable.
-pub fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
+/// A `Name:   N kB` field of a `/proc` status-like file, in KiB.
+fn proc_kib(path: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .split_whitespace()
-        .nth(1)?
+        .next()?
         .parse()
         .ok()
 }
 
+/// Peak resident set size of a process in KiB (VmHWM), if readable.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    proc_kib(&format!("/proc/{pid}/status"), "VmHWM")
+}
+
 /// Anonymous memory of a process backed by transparent huge pages, in KiB.
 pub fn anon_huge_kib(pid: u32) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    rollup
-        .lines()
-        .find(|l| l.starts_with("AnonHugePages:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    proc_kib(&format!("/proc/{pid}/smaps_rollup"), "AnonHugePages")
 }
 
 /// Runs a shell command and returns its stdout.
@@ -73,35 +71,33 @@ pub fn cpu_of_pid(pid: u32) -> Duration {
         .unwrap_or_default()
 }
 
-/// CPU time used so far by the threads of `pid` whose name starts with `prefix`.
-pub fn cpu_of_threads(pid: u32, prefix: &str) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+/// CPU time used so far by the entries of a `/proc`-like folder (processes,
+/// or one process's threads) whose `comm` satisfies `matches`.
+fn cpu_where(folder: &str, matches: impl Fn(&str) -> bool) -> Duration {
+    let Ok(entries) = std::fs::read_dir(folder) else {
         return Duration::ZERO;
     };
-    tasks
-        .filter_map(|t| {
-            let dir = t.ok()?.path();
-            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
-            name.starts_with(prefix)
+    entries
+        .filter_map(|e| {
+            let dir = e.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            matches(comm.trim())
                 .then(|| stat_cpu(&std::fs::read_to_string(dir.join("stat")).ok()?))?
         })
         .sum()
 }
 
+/// CPU time used so far by the threads of `pid` whose name starts with `prefix`.
+pub fn cpu_of_threads(pid: u32, prefix: &str) -> Duration {
+    cpu_where(&format!("/proc/{pid}/task"), |name| {
+        name.starts_with(prefix)
+    })
+}
+
 /// CPU time used so far by every live process with this command name
 /// (`postgres`, `beam.smp`).
 pub fn cpu_of_command(name: &str) -> Duration {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Duration::ZERO;
-    };
-    procs
-        .filter_map(|p| {
-            let dir = p.ok()?.path();
-            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-            (comm.trim() == name)
-                .then(|| stat_cpu(&std::fs::read_to_string(dir.join("stat")).ok()?))?
-        })
-        .sum()
+    cpu_where("/proc", |comm| comm == name)
 }
 
 /// Where the CPU time of a phase went: the service's hashing threads, the

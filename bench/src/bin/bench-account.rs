@@ -21,7 +21,7 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use testkit::{AMQP, PG};
+use testkit::{AMQP, PG, Teardown};
 
 /// Mean time of one argon2id hash at the service's default cost, measured
 /// two ways: with the argon2 crate's plain API (it allocates 19 MiB per
@@ -120,6 +120,13 @@ async fn main() -> anyhow::Result<()> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let db = format!("bench_account_{id}");
     let prefix = format!("bench-{id}");
+    // Drops the database and the exchange however the run ends.
+    let _teardown = Teardown {
+        dir: None,
+        database: Some(db.clone()),
+        topology: Some(shared::Topology::new(&prefix)?),
+        retry_delays: Vec::new(),
+    };
     // Absorb the events so the relay publishes normally.
     let amqp = Connection::connect(AMQP, ConnectionProperties::default()).await?;
     let ch = amqp.create_channel().await?;
@@ -269,13 +276,5 @@ async fn main() -> anyhow::Result<()> {
 
     let _ = child.kill().await;
     let _ = std::fs::remove_file(&script);
-    ch.exchange_delete(
-        format!("{prefix}.mail").as_str().into(),
-        ExchangeDeleteOptions::default(),
-    )
-    .await?;
-    sh(&format!(
-        "psql -h 127.0.0.1 -U postgres -d postgres -qc 'DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)'"
-    ));
     Ok(())
 }

@@ -15,7 +15,7 @@ use bench::{Latencies, ms, sh};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use testkit::{PG, free_port};
+use testkit::{PG, Teardown, free_port};
 
 async fn wait_ok(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     if testkit::wait_ok(client, url, Duration::from_secs(60)).await {
@@ -49,6 +49,13 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dumps)?;
     let prefix = format!("bench-{id}");
     let db = format!("bench_e2e_{id}");
+    // Removes the folder, the database and the broker prefix however the run ends.
+    let _teardown = Teardown {
+        dir: Some(work.clone()),
+        database: Some(db.clone()),
+        topology: Some(shared::Topology::new(&prefix)?),
+        retry_delays: mailer::config::DEFAULT_RETRY_DELAYS.to_vec(),
+    };
 
     let sink_port = free_port();
     let mut sink = tokio::process::Command::new("/usr/sbin/smtp-sink")
@@ -59,12 +66,11 @@ async fn main() -> anyhow::Result<()> {
         .spawn()
         .map_err(|e| anyhow::anyhow!("smtp-sink (apt-get install postfix): {e}"))?;
     sh(&format!("chown nobody {}", dumps.display()));
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", sink_port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let listening = || async { std::net::TcpStream::connect(("127.0.0.1", sink_port)).is_ok() };
+    anyhow::ensure!(
+        testkit::wait_until(Duration::from_secs(2), listening).await,
+        "smtp-sink did not listen on {sink_port}"
+    );
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
@@ -172,26 +178,6 @@ async fn main() -> anyhow::Result<()> {
     let _ = account.kill().await;
     let _ = mailer.kill().await;
     let _ = sink.kill().await;
-    let _ = std::fs::remove_dir_all(&work);
-    sh(&format!(
-        "psql -h 127.0.0.1 -U postgres -d postgres -qc 'DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)'"
-    ));
-    for q in [
-        "mailer.send",
-        "mailer.dead",
-        "mailer.retry.5s",
-        "mailer.retry.30s",
-        "mailer.retry.2m",
-        "mailer.retry.10m",
-        "mailer.retry.1h",
-    ] {
-        sh(&format!(
-            "rabbitmqctl delete_queue {prefix}.{q} >/dev/null 2>&1"
-        ));
-    }
-    sh(&format!(
-        "rabbitmqctl eval 'rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"{prefix}.mail\">>), false, <<\"bench\">>).' >/dev/null 2>&1"
-    ));
     anyhow::ensure!(lost == 0, "{lost} mails lost");
     Ok(())
 }

@@ -14,7 +14,7 @@ use lapin::options::*;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use shared::envelope::{TEMPLATE_VERIFY_EMAIL, VerifyEmailData};
 use shared::{MailSend, Recipient, Topology};
-use testkit::{AMQP, free_port};
+use testkit::{AMQP, Teardown, free_port};
 
 /// Percentile from Prometheus histogram buckets (upper bound of the bucket).
 fn bucket_pct(metrics: &str, name: &str, p: f64) -> Option<f64> {
@@ -47,14 +47,20 @@ async fn run(label: &str, n: usize, extra: &[(&str, &str)]) -> anyhow::Result<()
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| anyhow::anyhow!("smtp-sink (apt-get install postfix): {e}"))?;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", sink_port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let listening = || async { std::net::TcpStream::connect(("127.0.0.1", sink_port)).is_ok() };
+    anyhow::ensure!(
+        testkit::wait_until(Duration::from_secs(2), listening).await,
+        "smtp-sink did not listen on {sink_port}"
+    );
     let id = uuid::Uuid::new_v4().simple().to_string();
     let topology = Topology::new(&format!("bench-{id}")).unwrap();
+    // Deletes the queues and the exchange however the run ends.
+    let _teardown = Teardown {
+        dir: None,
+        database: None,
+        topology: Some(topology.clone()),
+        retry_delays: mailer::config::DEFAULT_RETRY_DELAYS.to_vec(),
+    };
     let http_port = free_port();
     let bin = std::env::current_exe()?.with_file_name("mailer");
     let mut cmd = tokio::process::Command::new(&bin);
@@ -160,20 +166,6 @@ async fn run(label: &str, n: usize, extra: &[(&str, &str)]) -> anyhow::Result<()
     );
     let _ = mailer.kill().await;
     let _ = sink.kill().await;
-    for q in [topology.queue(), topology.dead_queue()]
-        .into_iter()
-        .chain([5, 30, 120, 600, 3600].map(|s| topology.retry_queue(Duration::from_secs(s))))
-    {
-        let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = ch
-        .exchange_delete(
-            topology.exchange().as_str().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await;
     Ok(())
 }
 

@@ -153,11 +153,13 @@ impl Env {
     }
 }
 
-/// A retry ladder as `MAILER_RETRY_DELAYS` spells it.
+/// A retry ladder as `MAILER_RETRY_DELAYS` spells it, read by the mailer's
+/// own configuration parser.
 fn ladder(spec: &str) -> Vec<Duration> {
-    spec.split(',')
-        .map(|d| humantime::parse_duration(d.trim()).unwrap())
-        .collect()
+    let vars = [("MAILER_RETRY_DELAYS".to_owned(), spec.to_owned())];
+    shared::config::Env::from_map("MAILER_", vars)
+        .durations("RETRY_DELAYS", &[])
+        .unwrap_or_default()
 }
 
 /// The running SMTP server; killed when dropped.
