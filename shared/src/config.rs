@@ -1,12 +1,16 @@
-//! Reading configuration from prefixed environment variables, the same way in
-//! both services: every error names the variable, every secret may come from
-//! `NAME_FILE` (Docker secrets).
+//! Configuration the same way in both services: the settings struct, derived
+//! with clap, is the one list of variables (names, defaults, help). This
+//! module turns clap's errors into one line naming the variable, reads
+//! secrets from `NAME` or `NAME_FILE` (Docker secrets), treats an empty
+//! variable as unset, and offers the value parsers both services share.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::str::FromStr;
+use std::ffi::OsString;
+use std::path::Path;
 use std::time::Duration;
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, FromArgMatches};
 pub use secrecy::{ExposeSecret, SecretString};
 
 /// A configuration error: one line that names the variable.
@@ -19,216 +23,343 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// A view of the environment under one prefix (`ACCOUNT_`, `MAILER_`).
-#[derive(Debug, Clone)]
-pub struct Env {
-    prefix: String,
-    vars: HashMap<String, String>,
-}
-
-impl Env {
-    /// The process environment.
-    pub fn from_process(prefix: &str) -> Self {
-        Self::from_map(prefix, std::env::vars())
-    }
-
-    /// A given set of variables (tests, or a process that assembles its own).
-    pub fn from_map(prefix: &str, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+impl ConfigError {
+    /// An error about `var`.
+    pub fn new(var: &str, message: impl Into<String>) -> Self {
         Self {
-            prefix: prefix.to_owned(),
-            vars: vars.into_iter().collect(),
-        }
-    }
-
-    /// The full name of a variable, e.g. `var("BIND")` is `ACCOUNT_BIND`.
-    pub fn var(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
-    /// An error about a variable.
-    pub fn error(&self, name: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            var: self.var(name),
+            var: var.to_owned(),
             message: message.into(),
         }
     }
-
-    /// The raw value, if set (an empty value counts as set).
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars.get(&self.var(name)).map(String::as_str)
-    }
-
-    /// The value, or `default` when unset or empty.
-    pub fn string(&self, name: &str, default: &str) -> String {
-        match self.get(name) {
-            Some(v) if !v.trim().is_empty() => v.trim().to_owned(),
-            _ => default.to_owned(),
-        }
-    }
-
-    /// The value when set and not empty.
-    pub fn optional(&self, name: &str) -> Option<String> {
-        self.get(name)
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-    }
-
-    /// A value parsed with `FromStr`, or `default` when unset.
-    pub fn parse<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
-    where
-        T: FromStr,
-        T::Err: std::fmt::Display,
-    {
-        match self.optional(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|e| self.error(name, format!("cannot parse {v:?}: {e}"))),
-        }
-    }
-
-    /// A boolean (`true/false`, `1/0`, `yes/no`, `on/off`), or `default` when unset.
-    pub fn bool(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
-        match self.optional(name).map(|v| v.to_ascii_lowercase()) {
-            None => Ok(default),
-            Some(v) => match v.as_str() {
-                "true" | "1" | "yes" | "on" => Ok(true),
-                "false" | "0" | "no" | "off" => Ok(false),
-                _ => Err(self.error(name, format!("expected true or false, got {v:?}"))),
-            },
-        }
-    }
-
-    /// A duration such as `30s`, `5m`, `24h` or `500ms`, or `default` when unset.
-    pub fn duration(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
-        match self.optional(name) {
-            None => Ok(default),
-            Some(v) => humantime::parse_duration(&v).map_err(|e| {
-                self.error(
-                    name,
-                    format!("expected a duration like 30s or 24h, got {v:?}: {e}"),
-                )
-            }),
-        }
-    }
-
-    /// A comma-separated list of durations, or `default` when unset.
-    pub fn durations(
-        &self,
-        name: &str,
-        default: &[Duration],
-    ) -> Result<Vec<Duration>, ConfigError> {
-        match self.optional(name) {
-            None => Ok(default.to_vec()),
-            Some(v) => v
-                .split(',')
-                .map(|d| {
-                    humantime::parse_duration(d.trim()).map_err(|e| {
-                        self.error(
-                            name,
-                            format!("expected durations like 5s,30s,2m, got {d:?}: {e}"),
-                        )
-                    })
-                })
-                .collect(),
-        }
-    }
-
-    /// A secret from `NAME` or from the file named by `NAME_FILE` (not both).
-    /// A file's trailing newline is dropped.
-    pub fn secret(&self, name: &str) -> Result<Option<SecretString>, ConfigError> {
-        let file_name = format!("{name}_FILE");
-        match (
-            self.get(name).filter(|v| !v.is_empty()),
-            self.optional(&file_name),
-        ) {
-            (Some(_), Some(_)) => Err(self.error(
-                name,
-                format!(
-                    "set either {} or {}, not both",
-                    self.var(name),
-                    self.var(&file_name)
-                ),
-            )),
-            (Some(v), None) => Ok(Some(SecretString::from(v.to_owned()))),
-            (None, Some(path)) => {
-                let path = PathBuf::from(path);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    self.error(&file_name, format!("cannot read {}: {e}", path.display()))
-                })?;
-                let text = text.trim_end_matches(['\r', '\n']);
-                if text.is_empty() {
-                    return Err(self.error(&file_name, format!("{} is empty", path.display())));
-                }
-                Ok(Some(SecretString::from(text.to_owned())))
-            }
-            (None, None) => Ok(None),
-        }
-    }
 }
 
-/// The variable names a configuration module reads through `env.<method>("NAME", ...)`,
-/// found in its source (tests before the `#[cfg(test)]` line are ignored).
-/// Services use it to check that their `ENV_VARS` list is complete.
-pub fn variables_read(source: &str, prefix: &str) -> Vec<String> {
-    let code = source.split("#[cfg(test)]").next().unwrap_or("");
-    code.split("env.")
-        .skip(1)
-        .filter_map(|rest| {
-            let rest = rest.split_once('(')?.1;
-            let name = rest.strip_prefix('"')?.split('"').next()?;
-            Some(format!("{prefix}{name}"))
+/// What a command line asked for, once parsed.
+#[derive(Debug)]
+pub enum Parsed<T> {
+    /// Run with these arguments and settings.
+    Run(T),
+    /// `--help` or `--version`: print this and exit 0.
+    Print(String),
+    /// A wrong command line (unknown subcommand or flag): print this and exit 2.
+    Usage(String),
+    /// A variable (or its flag) holds a bad value.
+    Config(ConfigError),
+}
+
+/// A variable a settings type reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variable {
+    /// e.g. `ACCOUNT_TOKEN_KEYS`.
+    pub name: String,
+    /// Also readable from the file named by `<name>_FILE`.
+    pub secret: bool,
+}
+
+/// Every variable `T` (or a command that flattens it) reads, in declaration
+/// order, with the `_FILE` twins of secrets folded into their secret.
+pub fn variables<T: CommandFactory>() -> Vec<Variable> {
+    let cmd = T::command();
+    let names: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    names
+        .iter()
+        .filter(|n| {
+            !n.strip_suffix("_FILE")
+                .is_some_and(|base| names.iter().any(|m| m == base))
+        })
+        .map(|n| Variable {
+            name: n.clone(),
+            secret: names.contains(&format!("{n}_FILE")),
         })
         .collect()
 }
 
-/// Replaces the password in a URL by `***`, for logs.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{tail}")
-            } else {
-                format!("{scheme}://{user}@{host}{tail}")
-            }
+/// Parses the process's arguments and environment into `T`. An empty
+/// variable counts as unset, so the default applies.
+pub fn parse_process<T: CommandFactory + FromArgMatches>() -> Parsed<T> {
+    let cmd = T::command().mut_args(|a| {
+        let empty = a
+            .get_env()
+            .and_then(std::env::var_os)
+            .is_some_and(|v| v.is_empty());
+        if empty { a.env(None) } else { a }
+    });
+    finish::<T>(cmd.try_get_matches_from(std::env::args_os()))
+}
+
+/// Parses the command line and environment like [`parse_process`], and
+/// leaves the process on anything but `Run`: help and version on stdout
+/// (exit 0), a usage or configuration error on stderr (exit 2).
+pub fn parse_or_exit<T: CommandFactory + FromArgMatches>() -> T {
+    match parse_process::<T>() {
+        Parsed::Run(t) => t,
+        Parsed::Print(text) => {
+            print!("{text}");
+            std::process::exit(0);
         }
-        None => url.to_owned(),
+        Parsed::Usage(text) => {
+            eprint!("{text}");
+            std::process::exit(2);
+        }
+        Parsed::Config(e) => exit_with(e),
     }
+}
+
+/// Prints a configuration error as its one line and exits with 2.
+pub fn exit_with(e: ConfigError) -> ! {
+    eprintln!("{e}");
+    std::process::exit(2);
+}
+
+/// Parses `T` from a map of variables instead of the process environment
+/// (tests, or a process assembling its own): each `NAME=value` is given as
+/// the flag that reads `NAME`. Unknown names and empty values are ignored.
+pub fn parse_vars<T: CommandFactory + FromArgMatches>(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError> {
+    parse_vars_with(T::command(), vars, T::from_arg_matches)
+}
+
+/// [`parse_vars`] for a settings struct alone (one that is flattened into
+/// a command line).
+pub fn settings_from_vars<S: clap::Args + FromArgMatches>(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<S, ConfigError> {
+    let cmd = S::augment_args(clap::Command::new("settings"));
+    parse_vars_with(cmd, vars, S::from_arg_matches)
+}
+
+fn parse_vars_with<T>(
+    cmd: clap::Command,
+    vars: impl IntoIterator<Item = (String, String)>,
+    from: fn(&clap::ArgMatches) -> Result<T, clap::Error>,
+) -> Result<T, ConfigError> {
+    let flags: HashMap<String, String> = cmd
+        .get_arguments()
+        .filter_map(|a| {
+            Some((
+                a.get_env()?.to_string_lossy().into_owned(),
+                a.get_long()?.to_owned(),
+            ))
+        })
+        .collect();
+    let mut args: Vec<OsString> = vec![cmd.get_name().into()];
+    for (name, value) in vars {
+        if let Some(long) = flags.get(&name)
+            && !value.is_empty()
+        {
+            args.push(format!("--{long}={value}").into());
+        }
+    }
+    let parsed = cmd
+        .clone()
+        .mut_args(|a| a.env(None))
+        .try_get_matches_from(args)
+        .and_then(|m| from(&m));
+    match parsed.map_err(|e| from_clap(&cmd, e)) {
+        Ok(t) => Ok(t),
+        Err(Parsed::Config(e)) => Err(e),
+        Err(Parsed::Print(m) | Parsed::Usage(m)) => Err(ConfigError::new("-", m)),
+        Err(Parsed::Run(never)) => match never {},
+    }
+}
+
+fn finish<T: CommandFactory + FromArgMatches>(
+    matches: Result<clap::ArgMatches, clap::Error>,
+) -> Parsed<T> {
+    let parsed = matches.and_then(|m| T::from_arg_matches(&m));
+    match parsed {
+        Ok(t) => Parsed::Run(t),
+        Err(e) => match from_clap(&T::command(), e) {
+            Parsed::Run(never) => match never {},
+            Parsed::Print(m) => Parsed::Print(m),
+            Parsed::Usage(m) => Parsed::Usage(m),
+            Parsed::Config(e) => Parsed::Config(e),
+        },
+    }
+}
+
+/// What a clap error means here: help or version to print, a usage error,
+/// or a bad value of a variable (one line naming it).
+fn from_clap(cmd: &clap::Command, e: clap::Error) -> Parsed<std::convert::Infallible> {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => return Parsed::Print(e.to_string()),
+        ErrorKind::InvalidValue
+        | ErrorKind::ValueValidation
+        | ErrorKind::WrongNumberOfValues
+        | ErrorKind::TooManyValues
+        | ErrorKind::ArgumentConflict => {}
+        _ => return Parsed::Usage(e.render().to_string()),
+    }
+    let flag = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => s.split_whitespace().next().unwrap_or("").to_owned(),
+        _ => String::new(),
+    };
+    let long = flag.trim_start_matches('-').split('=').next().unwrap_or("");
+    let arg = cmd.get_arguments().find(|a| a.get_long() == Some(long));
+    let var = arg
+        .and_then(|a| a.get_env().map(|v| v.to_string_lossy().into_owned()))
+        .unwrap_or(flag);
+    // A secret's value never reaches the terminal or a log collector.
+    let secret = arg.is_some_and(|a| a.is_hide_env_values_set());
+    let value = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) if !secret => format!(" {v:?}"),
+        _ => String::new(),
+    };
+    let reason = std::error::Error::source(&e)
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default();
+    Parsed::Config(ConfigError::new(
+        &var,
+        format!("invalid value{value}{reason}"),
+    ))
+}
+
+/// A secret from its variable or from the file its `_FILE` twin names (not
+/// both). A file's trailing newline is dropped.
+pub fn secret(
+    var: &str,
+    value: Option<SecretString>,
+    file: Option<&Path>,
+) -> Result<Option<SecretString>, ConfigError> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            var,
+            format!("set either {var} or {var}_FILE, not both"),
+        )),
+        (Some(v), None) => Ok(Some(v)),
+        (None, Some(path)) => {
+            let file_var = format!("{var}_FILE");
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(&file_var, format!("cannot read {}: {e}", path.display()))
+            })?;
+            let text = text.trim_end_matches(['\r', '\n']);
+            if text.is_empty() {
+                return Err(ConfigError::new(
+                    &file_var,
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            Ok(Some(SecretString::from(text.to_owned())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Value parser: a secret string (never shown by `Debug`).
+pub fn secret_value(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
+/// Value parser: `true/false`, `1/0`, `yes/no`, `on/off`.
+pub fn boolean(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => Err(format!("expected true or false, got {other:?}")),
+    }
+}
+
+/// Value parser: a duration such as `30s`, `5m`, `24h` or `500ms`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("expected a duration like 30s or 24h: {e}"))
+}
+
+/// Value parser: a comma-separated list of durations such as `5s,30s,2m`.
+pub fn durations(s: &str) -> Result<Vec<Duration>, String> {
+    s.split(',')
+        .map(|d| {
+            humantime::parse_duration(d.trim())
+                .map_err(|e| format!("expected durations like 5s,30s,2m, got {d:?}: {e}"))
+        })
+        .collect()
+}
+
+/// Value parser: the log format, `text` or `json` (true for JSON).
+pub fn log_json(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "json" => Ok(true),
+        "text" => Ok(false),
+        other => Err(format!("expected json or text, got {other:?}")),
+    }
+}
+
+/// Value parser: an AMQP URL (`amqp://` or `amqps://`).
+pub fn amqp_url(s: &str) -> Result<SecretString, String> {
+    let s = s.trim();
+    if s.starts_with("amqp://") || s.starts_with("amqps://") {
+        Ok(SecretString::from(s.trim().to_owned()))
+    } else {
+        Err("expected an amqp:// or amqps:// URL".into())
+    }
+}
+
+/// Value parser: a broker name prefix (see [`crate::Topology::new`]).
+pub fn topology(s: &str) -> Result<crate::Topology, String> {
+    crate::Topology::new(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        Env::from_map(
-            "T_",
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
+    #[derive(Debug, Parser)]
+    #[command(name = "t")]
+    struct T {
+        #[arg(long, env = "T_PORT", default_value_t = 1)]
+        port: u16,
+        #[arg(long, env = "T_ON", default_value_t = false, value_parser = boolean, action = clap::ArgAction::Set)]
+        on: bool,
+        #[arg(long, env = "T_TTL", default_value = "5s", value_parser = duration)]
+        ttl: Duration,
+        #[arg(long = "pw", env = "T_PW", hide_env_values = true, value_parser = not_hunter2)]
+        pw: Option<SecretString>,
+        #[arg(long = "pw-file", env = "T_PW_FILE")]
+        pw_file: Option<std::path::PathBuf>,
+    }
+
+    fn not_hunter2(s: &str) -> Result<SecretString, String> {
+        if s == "hunter2" {
+            return Err("too weak".into());
+        }
+        secret_value(s)
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Result<T, ConfigError> {
+        parse_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]
-    fn errors_name_the_variable() {
-        let e = env(&[("T_PORT", "eighty"), ("T_ON", "maybe"), ("T_TTL", "soon")]);
-        let err = e.parse::<u16>("PORT", 1).unwrap_err();
-        assert_eq!(err.var, "T_PORT");
-        assert!(err.to_string().starts_with("configuration error: T_PORT: "));
-        assert_eq!(e.bool("ON", false).unwrap_err().var, "T_ON");
-        assert_eq!(e.duration("TTL", Duration::ZERO).unwrap_err().var, "T_TTL");
-        assert_eq!(e.parse::<u16>("UNSET", 7).unwrap(), 7);
-        assert_eq!(
-            e.durations("UNSET", &[Duration::from_secs(5)]).unwrap(),
-            vec![Duration::from_secs(5)]
-        );
+    fn errors_name_the_variable_in_one_line() {
+        for (var, value) in [("T_PORT", "eighty"), ("T_ON", "maybe"), ("T_TTL", "soon")] {
+            let err = vars(&[(var, value)]).unwrap_err();
+            assert_eq!(err.var, var, "{err}");
+            let line = err.to_string();
+            assert!(line.starts_with(&format!("configuration error: {var}: invalid value")));
+            assert!(line.contains(value), "{line}");
+            assert!(!line.contains('\n'), "{line:?}");
+        }
+        let t = vars(&[
+            ("T_PORT", "8"),
+            ("T_ON", "on"),
+            ("UNRELATED", "x"),
+            ("T_TTL", ""),
+        ])
+        .unwrap();
+        assert_eq!((t.port, t.on, t.ttl), (8, true, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn variables_fold_file_twins_into_secrets() {
+        let v = variables::<T>();
+        let names: Vec<&str> = v.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["T_PORT", "T_ON", "T_TTL", "T_PW"]);
+        assert!(v[3].secret && !v[0].secret);
     }
 
     #[test]
@@ -239,31 +370,36 @@ mod tests {
         std::fs::write(&file, "s3cret\n").unwrap();
         let f = file.to_str().unwrap();
 
-        let e = env(&[("T_PW_FILE", f)]);
-        assert_eq!(e.secret("PW").unwrap().unwrap().expose_secret(), "s3cret");
-        let e = env(&[("T_PW", "direct")]);
-        assert_eq!(e.secret("PW").unwrap().unwrap().expose_secret(), "direct");
-        let e = env(&[("T_PW", "direct"), ("T_PW_FILE", f)]);
-        assert_eq!(e.secret("PW").unwrap_err().var, "T_PW");
-        let e = env(&[("T_PW_FILE", "/nonexistent/pw")]);
-        assert_eq!(e.secret("PW").unwrap_err().var, "T_PW_FILE");
-        assert!(env(&[]).secret("PW").unwrap().is_none());
+        let resolve = |t: T| secret("T_PW", t.pw, t.pw_file.as_deref());
+        let got = resolve(vars(&[("T_PW_FILE", f)]).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.expose_secret(), "s3cret");
+        let got = resolve(vars(&[("T_PW", "direct")]).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.expose_secret(), "direct");
+        let both = resolve(vars(&[("T_PW", "direct"), ("T_PW_FILE", f)]).unwrap());
+        assert_eq!(both.unwrap_err().var, "T_PW");
+        let missing = resolve(vars(&[("T_PW_FILE", "/nonexistent/pw")]).unwrap());
+        assert_eq!(missing.unwrap_err().var, "T_PW_FILE");
+        assert!(resolve(vars(&[]).unwrap()).unwrap().is_none());
+        std::fs::write(&file, "\n").unwrap();
+        let empty = resolve(vars(&[("T_PW_FILE", f)]).unwrap());
+        assert_eq!(empty.unwrap_err().var, "T_PW_FILE");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
-    fn urls_lose_their_password() {
+    fn shared_parsers() {
         assert_eq!(
-            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
+            durations("5s, 30s,2m").unwrap(),
+            [5, 30, 120].map(Duration::from_secs)
         );
-        assert_eq!(
-            redact_url("postgres://postgres@127.0.0.1/accounts"),
-            "postgres://postgres@127.0.0.1/accounts"
-        );
-        assert_eq!(
-            redact_url("smtp://a:b@c:587?tls=required"),
-            "smtp://a:***@c:587?tls=required"
-        );
+        assert!(durations("5s,soon").is_err());
+        assert!(amqp_url("amqps://b").is_ok());
+        assert!(amqp_url("http://b").is_err());
+        assert!(log_json("json").unwrap() && !log_json("text").unwrap());
+        assert!(log_json("xml").is_err());
     }
 }

@@ -32,3 +32,19 @@ pub fn init(json: bool, default_filter: &str) {
         builder.try_init()
     };
 }
+
+/// The process's Prometheus recorder with `buckets` for every histogram:
+/// installed on first call (a process has one), the same handle after.
+pub fn prometheus(buckets: &[f64]) -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(buckets)
+                .expect("buckets are not empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed")
+        })
+        .clone()
+}

@@ -66,6 +66,23 @@ impl Topology {
     }
 }
 
+/// Declares a durable topic exchange (idempotent): what publishers and the
+/// mailer both do before they use one, so neither depends on the other
+/// starting first.
+pub async fn declare_exchange(channel: &lapin::Channel, name: &str) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            name.into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+}
+
 /// A short, stable label for a delay: `5s`, `30s`, `2m`, `10m`, `1h`, `1500ms`.
 pub fn delay_label(delay: Duration) -> String {
     let ms = delay.as_millis();

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_yaml_ng::Value;
+use shared::config::{Variable, variables};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -36,15 +37,22 @@ fn env_of(c: &Value, name: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Checks one service's variables against what its code reads.
-fn check_vars(prefix: &str, vars: &BTreeMap<String, String>, known: &[&str], secrets: &[&str]) {
+/// Checks one service's variables against what its settings struct declares.
+fn check_vars(prefix: &str, vars: &BTreeMap<String, String>, known: &[Variable]) {
     for key in vars.keys().filter(|k| k.starts_with(prefix)) {
-        let ok = known.contains(&key.as_str())
-            || key
-                .strip_suffix("_FILE")
-                .is_some_and(|base| secrets.contains(&base));
+        let ok = known.iter().any(|v| {
+            v.name == *key || (v.secret && key.strip_suffix("_FILE") == Some(v.name.as_str()))
+        });
         assert!(ok, "{key} is set but the service does not read it (typo?)");
     }
+}
+
+fn account_vars() -> Vec<Variable> {
+    variables::<account::config::Cli>()
+}
+
+fn mailer_vars() -> Vec<Variable> {
+    variables::<mailer::config::Cli>()
 }
 
 fn host_port(url: &str) -> (String, Option<u16>) {
@@ -62,18 +70,8 @@ fn every_variable_in_compose_is_read_by_its_service_and_the_required_ones_are_se
     let c = compose();
     let account = env_of(&c, "account");
     let mailer = env_of(&c, "mailer");
-    check_vars(
-        "ACCOUNT_",
-        &account,
-        account::config::ENV_VARS,
-        account::config::SECRET_VARS,
-    );
-    check_vars(
-        "MAILER_",
-        &mailer,
-        mailer::config::ENV_VARS,
-        mailer::config::SECRET_VARS,
-    );
+    check_vars("ACCOUNT_", &account, &account_vars());
+    check_vars("MAILER_", &mailer, &mailer_vars());
 
     // Without these the containers would fall back to 127.0.0.1 defaults,
     // which point nowhere inside a container.
@@ -325,18 +323,8 @@ fn the_production_example_sets_only_known_variables() {
         vars.len(),
         "only ACCOUNT_ and MAILER_ variables"
     );
-    check_vars(
-        "ACCOUNT_",
-        &account,
-        account::config::ENV_VARS,
-        account::config::SECRET_VARS,
-    );
-    check_vars(
-        "MAILER_",
-        &mailer,
-        mailer::config::ENV_VARS,
-        mailer::config::SECRET_VARS,
-    );
+    check_vars("ACCOUNT_", &account, &account_vars());
+    check_vars("MAILER_", &mailer, &mailer_vars());
     // Production posture: Secure cookies, TLS to SMTP, secrets from files.
     assert_eq!(vars["ACCOUNT_COOKIE_SECURE"], "true");
     assert!(vars["MAILER_SMTP_URL"].contains("smtp.naver.com:587?tls=required"));
@@ -348,14 +336,11 @@ fn the_production_example_sets_only_known_variables() {
         assert!(vars.contains_key(secret), "{secret}");
     }
     // The settings parse as the services would read them (files aside).
-    let plain = |prefix: &str| {
-        shared::config::Env::from_map(
-            prefix,
-            vars.iter()
-                .filter(|(k, _)| !k.ends_with("_FILE"))
-                .map(|(k, v)| (k.clone(), v.clone())),
-        )
+    let plain = || {
+        vars.iter()
+            .filter(|(k, _)| !k.ends_with("_FILE"))
+            .map(|(k, v)| (k.clone(), v.clone()))
     };
-    account::config::Settings::from(&plain("ACCOUNT_")).expect("account settings parse");
-    mailer::config::Settings::from(&plain("MAILER_")).expect("mailer settings parse");
+    account::config::Settings::from_vars(plain()).expect("account settings parse");
+    mailer::config::Settings::from_vars(plain()).expect("mailer settings parse");
 }

@@ -17,7 +17,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use bench::{CpuSplit, Latencies, anon_huge_kib, ms, peak_rss_kib, sh};
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Connection, ConnectionProperties};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -130,16 +130,7 @@ async fn main() -> anyhow::Result<()> {
     // Absorb the events so the relay publishes normally.
     let amqp = Connection::connect(AMQP, ConnectionProperties::default()).await?;
     let ch = amqp.create_channel().await?;
-    ch.exchange_declare(
-        format!("{prefix}.mail").as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
+    shared::topology::declare_exchange(&ch, &format!("{prefix}.mail")).await?;
     let q = ch
         .queue_declare(
             "".into(),

@@ -1,9 +1,8 @@
 //! The AMQP side of the outbox relay: one connection, one confirm channel,
 //! re-established with backoff by the relay when it breaks.
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 use shared::Topology;
 use tokio::sync::Mutex;
@@ -56,17 +55,7 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        channel
-            .exchange_declare(
-                self.topology.exchange().as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        shared::topology::declare_exchange(&channel, &self.topology.exchange()).await?;
         Ok((conn, channel))
     }
 

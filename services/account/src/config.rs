@@ -1,101 +1,171 @@
-//! `ACCOUNT_*` configuration, read once at start.
+//! `ACCOUNT_*` configuration: this struct is the list of variables. Each
+//! field names its variable, default and help (`account --help` prints
+//! them); `Settings::load` then resolves what needs more than one variable
+//! (secrets from `*_FILE`, the database password, the key ring).
 
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::{ArgAction, Args};
 use secrecy::{ExposeSecret, SecretString};
 use shared::Topology;
-use shared::config::{ConfigError, Env};
+use shared::config::{self as conf, ConfigError};
 use url::Url;
 
+use crate::i18n::Lang;
 use crate::token::KeyRing;
 
-/// Every variable the service reads (without the `_FILE` twins of secrets).
-/// The docker-compose check and the docs use this list.
-pub const ENV_VARS: &[&str] = &[
-    "ACCOUNT_BIND",
-    "ACCOUNT_PUBLIC_URL",
-    "ACCOUNT_DATABASE_URL",
-    "ACCOUNT_DATABASE_PASSWORD",
-    "ACCOUNT_DATABASE_POOL_SIZE",
-    "ACCOUNT_AMQP_URL",
-    "ACCOUNT_AMQP_PREFIX",
-    "ACCOUNT_TOKEN_KEYS",
-    "ACCOUNT_TOKEN_TTL",
-    "ACCOUNT_SESSION_TTL",
-    "ACCOUNT_COOKIE_SECURE",
-    "ACCOUNT_RATE_LIMITS",
-    "ACCOUNT_RATE_LIMIT_CLIENT_PER_MINUTE",
-    "ACCOUNT_RATE_LIMIT_ADDRESS_PER_HOUR",
-    "ACCOUNT_TRUST_FORWARDED_FOR",
-    "ACCOUNT_RESEND_COOLDOWN",
-    "ACCOUNT_POST_VERIFY_URL",
-    "ACCOUNT_DEFAULT_LOCALE",
-    "ACCOUNT_ARGON2_MEMORY_KIB",
-    "ACCOUNT_ARGON2_ITERATIONS",
-    "ACCOUNT_ARGON2_PARALLELISM",
-    "ACCOUNT_HASH_CONCURRENCY",
-    "ACCOUNT_OUTBOX_SWEEP_INTERVAL",
-    "ACCOUNT_OUTBOX_RETENTION",
-    "ACCOUNT_WORKERS",
-    "ACCOUNT_LOG_FORMAT",
-];
-
-/// The variables that are secrets and so also accept `<NAME>_FILE`.
-pub const SECRET_VARS: &[&str] = &[
-    "ACCOUNT_DATABASE_URL",
-    "ACCOUNT_DATABASE_PASSWORD",
-    "ACCOUNT_AMQP_URL",
-    "ACCOUNT_TOKEN_KEYS",
-];
-
 /// Argon2id cost parameters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Args)]
 pub struct Argon2Settings {
-    /// Memory in KiB.
+    /// Argon2id memory per hash, in KiB.
+    #[arg(long = "argon2-memory-kib", env = "ACCOUNT_ARGON2_MEMORY_KIB", default_value_t = 19456, value_parser = clap::value_parser!(u32).range(1..))]
     pub memory_kib: u32,
-    /// Passes.
+    /// Argon2id passes.
+    #[arg(long = "argon2-iterations", env = "ACCOUNT_ARGON2_ITERATIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub iterations: u32,
-    /// Lanes.
+    /// Argon2id lanes.
+    #[arg(long = "argon2-parallelism", env = "ACCOUNT_ARGON2_PARALLELISM", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub parallelism: u32,
 }
 
 /// Per-client and per-address request limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Args)]
 pub struct RateLimitSettings {
-    /// `false` when `ACCOUNT_RATE_LIMITS=off`.
+    /// `off` turns the per-client and per-address limits off (benchmarks, or behind a gateway that limits).
+    #[arg(long = "rate-limits", value_name = "ON_OFF", env = "ACCOUNT_RATE_LIMITS", default_value = "on", value_parser = conf::boolean, action = ArgAction::Set)]
     pub enabled: bool,
     /// Sign-up, resend and login requests per client address per minute.
+    #[arg(long = "rate-limit-client-per-minute", env = "ACCOUNT_RATE_LIMIT_CLIENT_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub client_per_minute: u32,
     /// Sign-up, resend and login requests per e-mail address per hour.
+    #[arg(long = "rate-limit-address-per-hour", env = "ACCOUNT_RATE_LIMIT_ADDRESS_PER_HOUR", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub address_per_hour: u32,
 }
 
 /// The whole configuration of the account service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Configuration (environment variables)")]
 pub struct Settings {
+    /// Listen address.
+    #[arg(long, env = "ACCOUNT_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
+    /// Base URL put into links.
+    #[arg(long, env = "ACCOUNT_PUBLIC_URL", default_value = "http://127.0.0.1:8080", value_parser = public_url)]
     pub public_url: Url,
+    /// PostgreSQL URL [default: postgres://postgres@127.0.0.1:5432/accounts]; `?sslmode=require` or `verify-full` uses TLS.
+    #[arg(long = "database-url", value_name = "URL", env = "ACCOUNT_DATABASE_URL", hide_env_values = true, value_parser = conf::secret_value)]
+    database_url_value: Option<SecretString>,
+    /// File holding ACCOUNT_DATABASE_URL (Docker secrets).
+    #[arg(long = "database-url-file", env = "ACCOUNT_DATABASE_URL_FILE")]
+    database_url_file: Option<PathBuf>,
+    /// Database password, put into the URL (so the URL itself need not be secret).
+    #[arg(long = "database-password", env = "ACCOUNT_DATABASE_PASSWORD", hide_env_values = true, value_parser = conf::secret_value)]
+    database_password: Option<SecretString>,
+    /// File holding ACCOUNT_DATABASE_PASSWORD.
+    #[arg(
+        long = "database-password-file",
+        env = "ACCOUNT_DATABASE_PASSWORD_FILE"
+    )]
+    database_password_file: Option<PathBuf>,
+    /// The resolved database URL, password included.
+    #[arg(skip = SecretString::from(""))]
     pub database_url: SecretString,
-    pub database_pool_size: usize,
+    /// Database connections.
+    #[arg(long, env = "ACCOUNT_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub database_pool_size: u32,
+    /// RabbitMQ URL [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    #[arg(long = "amqp-url", value_name = "URL", env = "ACCOUNT_AMQP_URL", hide_env_values = true, value_parser = conf::amqp_url)]
+    amqp_url_value: Option<SecretString>,
+    /// File holding ACCOUNT_AMQP_URL.
+    #[arg(long = "amqp-url-file", env = "ACCOUNT_AMQP_URL_FILE")]
+    amqp_url_file: Option<PathBuf>,
+    /// The resolved RabbitMQ URL.
+    #[arg(skip = SecretString::from(""))]
     pub amqp_url: SecretString,
+    /// Prefix of every exchange and queue name (`<prefix>.mail`); empty means none.
+    #[arg(long = "amqp-prefix", value_name = "PREFIX", env = "ACCOUNT_AMQP_PREFIX", default_value = "", value_parser = conf::topology)]
     pub topology: Topology,
-    /// `None`: no keys configured, a random key for this process only.
+    /// Key ring `kid:base64key,...`: the first seals, all open. Unset: a random key for this process only (links die at restart).
+    #[arg(long = "token-keys", value_name = "KEYS", env = "ACCOUNT_TOKEN_KEYS", hide_env_values = true, value_parser = conf::secret_value)]
+    token_keys_value: Option<SecretString>,
+    /// File holding ACCOUNT_TOKEN_KEYS.
+    #[arg(long = "token-keys-file", env = "ACCOUNT_TOKEN_KEYS_FILE")]
+    token_keys_file: Option<PathBuf>,
+    /// The resolved key ring; `None`: none configured.
+    #[arg(skip)]
     pub token_keys: Option<KeyRing>,
+    /// Lifetime of a verification link (at least 1m).
+    #[arg(long, env = "ACCOUNT_TOKEN_TTL", default_value = "24h", value_parser = token_ttl)]
     pub token_ttl: Duration,
+    /// Lifetime of a session.
+    #[arg(long, env = "ACCOUNT_SESSION_TTL", default_value = "14d", value_parser = conf::duration)]
     pub session_ttl: Duration,
+    /// `false` only for plain-HTTP development (the cookie is then `session` instead of `__Host-session`).
+    #[arg(long, env = "ACCOUNT_COOKIE_SECURE", default_value = "true", value_parser = conf::boolean, action = ArgAction::Set)]
     pub cookie_secure: bool,
+    #[command(flatten)]
     pub rate_limits: RateLimitSettings,
+    /// Key client limits on the last `X-Forwarded-For` hop (only behind your proxy).
+    #[arg(long, env = "ACCOUNT_TRUST_FORWARDED_FOR", default_value = "false", value_parser = conf::boolean, action = ArgAction::Set)]
     pub trust_forwarded_for: bool,
+    /// Minimum time between two verification mails to one address.
+    #[arg(long, env = "ACCOUNT_RESEND_COOLDOWN", default_value = "60s", value_parser = conf::duration)]
     pub resend_cooldown: Duration,
+    /// Where `POST /verify` redirects: a path on this site.
+    #[arg(long, env = "ACCOUNT_POST_VERIFY_URL", default_value = "/me", value_parser = site_path)]
     pub post_verify_url: String,
-    pub default_locale: crate::i18n::Lang,
+    /// `ko` or `en`, when the browser asks for neither.
+    #[arg(long, env = "ACCOUNT_DEFAULT_LOCALE", default_value = "en", value_parser = locale)]
+    pub default_locale: Lang,
+    #[command(flatten)]
     pub argon2: Argon2Settings,
-    pub hash_concurrency: usize,
+    /// Password hashes at once (bounds memory under a sign-up flood) [default: number of cores].
+    #[arg(
+        long = "hash-concurrency",
+        value_name = "N",
+        env = "ACCOUNT_HASH_CONCURRENCY"
+    )]
+    hash_concurrency_value: Option<NonZeroUsize>,
+    /// How often the relay looks for rows it was not woken for (at least 50ms).
+    #[arg(long, env = "ACCOUNT_OUTBOX_SWEEP_INTERVAL", default_value = "5s", value_parser = conf::duration)]
     pub outbox_sweep_interval: Duration,
-    /// Published outbox rows older than this are deleted; zero keeps them.
+    /// Published outbox rows older than this are deleted; `0` keeps them. Unsent rows never are.
+    #[arg(long, env = "ACCOUNT_OUTBOX_RETENTION", default_value = "7d", value_parser = conf::duration)]
     pub outbox_retention: Duration,
-    pub workers: usize,
+    /// HTTP worker threads [default: number of cores].
+    #[arg(long = "workers", value_name = "N", env = "ACCOUNT_WORKERS")]
+    workers_value: Option<NonZeroUsize>,
+    /// `json` for JSON lines, `text` for people; `RUST_LOG` sets the filter.
+    #[arg(long = "log-format", value_name = "FORMAT", env = "ACCOUNT_LOG_FORMAT", default_value = "text", value_parser = conf::log_json, action = ArgAction::Set)]
     pub log_json: bool,
+}
+
+fn public_url(s: &str) -> Result<Url, String> {
+    Url::parse(s)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| "expected an http(s) URL".into())
+}
+
+fn token_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = conf::duration(s)?;
+    if ttl < Duration::from_secs(60) {
+        return Err("must be at least 1m".into());
+    }
+    Ok(ttl)
+}
+
+fn site_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s.starts_with("//") {
+        return Err("must be a path on this site, like /me".into());
+    }
+    Ok(s.to_owned())
+}
+
+fn locale(s: &str) -> Result<Lang, String> {
+    Lang::from_tag(s).ok_or_else(|| "supported: ko, en".into())
 }
 
 fn cores() -> usize {
@@ -105,143 +175,88 @@ fn cores() -> usize {
 }
 
 impl Settings {
-    /// Reads `ACCOUNT_*` from the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from(&Env::from_process("ACCOUNT_"))
+    /// Settings from a map of variables (tests), resolved as at start.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        conf::settings_from_vars::<Self>(vars)?.load()
     }
 
-    /// Reads the settings from a prepared environment.
-    pub fn from(env: &Env) -> Result<Self, ConfigError> {
-        let public_url = env.string("PUBLIC_URL", "http://127.0.0.1:8080");
-        let public_url = Url::parse(&public_url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| {
-                env.error(
-                    "PUBLIC_URL",
-                    format!("expected an http(s) URL, got {public_url:?}"),
-                )
-            })?;
-
-        let mut database_url = env
-            .secret("DATABASE_URL")?
-            .map(|s| s.expose_secret().to_owned())
-            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/accounts".to_owned());
-        let mut parsed = Url::parse(&database_url)
+    /// Resolves what one variable alone cannot say: secrets from files, the
+    /// database password into the URL, the key ring.
+    pub fn load(mut self) -> Result<Self, ConfigError> {
+        let url = conf::secret(
+            "ACCOUNT_DATABASE_URL",
+            self.database_url_value.take(),
+            self.database_url_file.as_deref(),
+        )?;
+        let url = url
+            .as_ref()
+            .map(|s| s.expose_secret())
+            .unwrap_or("postgres://postgres@127.0.0.1:5432/accounts");
+        let mut parsed = Url::parse(url)
             .ok()
             .filter(|u| matches!(u.scheme(), "postgres" | "postgresql"))
             .filter(|u| u.path().len() > 1)
             .ok_or_else(|| {
-                env.error(
-                    "DATABASE_URL",
+                ConfigError::new(
+                    "ACCOUNT_DATABASE_URL",
                     "expected postgres://user[:password]@host[:port]/database",
                 )
             })?;
-        if let Some(pw) = env.secret("DATABASE_PASSWORD")? {
-            parsed
-                .set_password(Some(pw.expose_secret()))
-                .map_err(|_| env.error("DATABASE_PASSWORD", "cannot be put into the URL"))?;
-            database_url = parsed.to_string();
+        if let Some(pw) = conf::secret(
+            "ACCOUNT_DATABASE_PASSWORD",
+            self.database_password.take(),
+            self.database_password_file.as_deref(),
+        )? {
+            parsed.set_password(Some(pw.expose_secret())).map_err(|_| {
+                ConfigError::new("ACCOUNT_DATABASE_PASSWORD", "cannot be put into the URL")
+            })?;
         }
+        self.database_url = SecretString::from(parsed.to_string());
 
-        let amqp_url = env
-            .secret("AMQP_URL")?
-            .map(|s| s.expose_secret().to_owned())
-            .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            return Err(env.error("AMQP_URL", "expected an amqp:// or amqps:// URL"));
-        }
-        let topology = Topology::new(env.get("AMQP_PREFIX").unwrap_or(""))
-            .map_err(|e| env.error("AMQP_PREFIX", e.to_string()))?;
+        self.amqp_url = conf::secret(
+            "ACCOUNT_AMQP_URL",
+            self.amqp_url_value.take(),
+            self.amqp_url_file.as_deref(),
+        )?
+        .unwrap_or_else(|| SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"));
+        conf::amqp_url(self.amqp_url.expose_secret())
+            .map_err(|e| ConfigError::new("ACCOUNT_AMQP_URL", e))?;
 
-        let token_keys = match env.secret("TOKEN_KEYS")? {
-            Some(s) => Some(
-                KeyRing::parse(s.expose_secret())
-                    .map_err(|e| env.error("TOKEN_KEYS", e.to_string()))?,
-            ),
-            None => None,
-        };
+        self.token_keys = conf::secret(
+            "ACCOUNT_TOKEN_KEYS",
+            self.token_keys_value.take(),
+            self.token_keys_file.as_deref(),
+        )?
+        .map(|s| KeyRing::parse(s.expose_secret()))
+        .transpose()
+        .map_err(|e| ConfigError::new("ACCOUNT_TOKEN_KEYS", e.to_string()))?;
 
-        let rate_limits = RateLimitSettings {
-            enabled: env.bool("RATE_LIMITS", true)?,
-            client_per_minute: positive(env, "RATE_LIMIT_CLIENT_PER_MINUTE", 30)?,
-            address_per_hour: positive(env, "RATE_LIMIT_ADDRESS_PER_HOUR", 10)?,
-        };
-
-        let default_locale = env.string("DEFAULT_LOCALE", "en");
-        let default_locale = crate::i18n::Lang::from_tag(&default_locale).ok_or_else(|| {
-            env.error(
-                "DEFAULT_LOCALE",
-                format!("supported: ko, en; got {default_locale:?}"),
-            )
-        })?;
-
-        let argon2 = Argon2Settings {
-            memory_kib: positive(env, "ARGON2_MEMORY_KIB", 19456)?,
-            iterations: positive(env, "ARGON2_ITERATIONS", 2)?,
-            parallelism: positive(env, "ARGON2_PARALLELISM", 1)?,
-        };
         argon2::Params::new(
-            argon2.memory_kib,
-            argon2.iterations,
-            argon2.parallelism,
+            self.argon2.memory_kib,
+            self.argon2.iterations,
+            self.argon2.parallelism,
             None,
         )
         .map_err(|e| {
-            env.error(
-                "ARGON2_MEMORY_KIB",
+            ConfigError::new(
+                "ACCOUNT_ARGON2_MEMORY_KIB",
                 format!("invalid argon2 parameters: {e}"),
             )
         })?;
+        self.outbox_sweep_interval = self.outbox_sweep_interval.max(Duration::from_millis(50));
+        Ok(self)
+    }
 
-        let log_format = env.string("LOG_FORMAT", "text");
-        let log_json = match log_format.as_str() {
-            "json" => true,
-            "text" => false,
-            other => {
-                return Err(env.error(
-                    "LOG_FORMAT",
-                    format!("expected json or text, got {other:?}"),
-                ));
-            }
-        };
+    /// Password hashes at once.
+    pub fn hash_concurrency(&self) -> usize {
+        self.hash_concurrency_value.map_or_else(cores, |n| n.get())
+    }
 
-        let post_verify_url = env.string("POST_VERIFY_URL", "/me");
-        if !post_verify_url.starts_with('/') || post_verify_url.starts_with("//") {
-            return Err(env.error("POST_VERIFY_URL", "must be a path on this site, like /me"));
-        }
-
-        let token_ttl = env.duration("TOKEN_TTL", Duration::from_secs(24 * 3600))?;
-        if token_ttl < Duration::from_secs(60) {
-            return Err(env.error("TOKEN_TTL", "must be at least 1m"));
-        }
-
-        Ok(Self {
-            bind: env.string("BIND", "127.0.0.1:8080"),
-            public_url,
-            database_url: SecretString::from(database_url),
-            database_pool_size: positive(env, "DATABASE_POOL_SIZE", 16)? as usize,
-            amqp_url: SecretString::from(amqp_url),
-            topology,
-            token_keys,
-            token_ttl,
-            session_ttl: env.duration("SESSION_TTL", Duration::from_secs(14 * 24 * 3600))?,
-            cookie_secure: env.bool("COOKIE_SECURE", true)?,
-            rate_limits,
-            trust_forwarded_for: env.bool("TRUST_FORWARDED_FOR", false)?,
-            resend_cooldown: env.duration("RESEND_COOLDOWN", Duration::from_secs(60))?,
-            post_verify_url,
-            default_locale,
-            argon2,
-            hash_concurrency: positive(env, "HASH_CONCURRENCY", cores() as u32)? as usize,
-            outbox_sweep_interval: env
-                .duration("OUTBOX_SWEEP_INTERVAL", Duration::from_secs(5))?
-                .max(Duration::from_millis(50)),
-            outbox_retention: env
-                .duration("OUTBOX_RETENTION", Duration::from_secs(7 * 24 * 3600))?,
-            workers: positive(env, "WORKERS", cores() as u32)? as usize,
-            log_json,
-        })
+    /// HTTP worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers_value.map_or_else(cores, |n| n.get())
     }
 
     /// An absolute URL on this service.
@@ -251,12 +266,32 @@ impl Settings {
     }
 }
 
-fn positive(env: &Env, name: &str, default: u32) -> Result<u32, ConfigError> {
-    let v = env.parse(name, default)?;
-    if v == 0 {
-        return Err(env.error(name, "must be greater than 0"));
-    }
-    Ok(v)
+/// The command line: a subcommand (serving by default) and the settings.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "account",
+    version,
+    about = "Sign-up, e-mail verification by encrypted link, sessions; publishes mail through an outbox"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// What `account` does.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Serve HTTP and run the outbox relay (the default).
+    Serve,
+    /// Create the database if missing, apply migrations, and exit.
+    Migrate,
+    /// Print a fresh `kid:base64key` entry for ACCOUNT_TOKEN_KEYS.
+    Keygen {
+        /// The key id [default: k<today>, e.g. k20261130].
+        kid: Option<String>,
+    },
 }
 
 #[cfg(test)]
@@ -264,10 +299,7 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        Settings::from(&Env::from_map(
-            "ACCOUNT_",
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        ))
+        Settings::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]
@@ -279,13 +311,50 @@ mod tests {
             s.database_url.expose_secret(),
             "postgres://postgres@127.0.0.1:5432/accounts"
         );
+        assert_eq!(
+            s.amqp_url.expose_secret(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(s.topology.prefix(), "");
         assert!(s.cookie_secure);
+        assert!(!s.trust_forwarded_for);
+        assert!(s.rate_limits.enabled);
+        assert_eq!(
+            (
+                s.rate_limits.client_per_minute,
+                s.rate_limits.address_per_hour
+            ),
+            (30, 10)
+        );
         assert!(s.token_keys.is_none());
         assert_eq!(s.token_ttl, Duration::from_secs(86400));
-        assert_eq!(s.argon2.memory_kib, 19456);
+        assert_eq!(s.session_ttl, Duration::from_secs(14 * 86400));
+        assert_eq!(s.resend_cooldown, Duration::from_secs(60));
+        assert_eq!(s.post_verify_url, "/me");
+        assert_eq!(s.default_locale, Lang::En);
+        // The OWASP minimum for argon2id: 19 MiB, 2 passes, 1 lane.
+        assert_eq!(
+            (
+                s.argon2.memory_kib,
+                s.argon2.iterations,
+                s.argon2.parallelism
+            ),
+            (19456, 2, 1)
+        );
+        assert_eq!(s.hash_concurrency(), cores());
+        assert_eq!(s.workers(), cores());
+        assert_eq!(s.database_pool_size, 16);
+        assert_eq!(s.outbox_sweep_interval, Duration::from_secs(5));
         assert_eq!(s.outbox_retention, Duration::from_secs(7 * 24 * 3600));
+        assert!(!s.log_json);
         let keep = settings(&[("ACCOUNT_OUTBOX_RETENTION", "0")]).unwrap();
         assert!(keep.outbox_retention.is_zero());
+        let ko = settings(&[
+            ("ACCOUNT_DEFAULT_LOCALE", "ko-KR"),
+            ("ACCOUNT_WORKERS", "3"),
+        ])
+        .unwrap();
+        assert_eq!((ko.default_locale, ko.workers()), (Lang::Ko, 3));
     }
 
     #[test]
@@ -297,13 +366,19 @@ mod tests {
             ("ACCOUNT_AMQP_PREFIX", "bad prefix"),
             ("ACCOUNT_TOKEN_KEYS", "k1:tooshort"),
             ("ACCOUNT_TOKEN_TTL", "forever"),
+            ("ACCOUNT_TOKEN_TTL", "30s"),
+            ("ACCOUNT_SESSION_TTL", "long"),
             ("ACCOUNT_COOKIE_SECURE", "maybe"),
             ("ACCOUNT_RATE_LIMITS", "sometimes"),
+            ("ACCOUNT_RATE_LIMIT_CLIENT_PER_MINUTE", "0"),
             ("ACCOUNT_DEFAULT_LOCALE", "fr"),
             ("ACCOUNT_ARGON2_MEMORY_KIB", "0"),
+            ("ACCOUNT_ARGON2_MEMORY_KIB", "4"),
             ("ACCOUNT_LOG_FORMAT", "xml"),
             ("ACCOUNT_POST_VERIFY_URL", "https://evil.example"),
             ("ACCOUNT_WORKERS", "-1"),
+            ("ACCOUNT_HASH_CONCURRENCY", "0"),
+            ("ACCOUNT_DATABASE_POOL_SIZE", "0"),
             ("ACCOUNT_OUTBOX_RETENTION", "a week"),
         ];
         for (var, value) in cases {
@@ -325,14 +400,32 @@ mod tests {
     }
 
     #[test]
-    fn every_variable_read_is_listed() {
-        let read = shared::config::variables_read(include_str!("config.rs"), "ACCOUNT_");
-        assert!(read.len() > 10, "the scan finds the reads: {read:?}");
-        for var in read {
-            assert!(
-                ENV_VARS.contains(&var.as_str()),
-                "{var} is read but not in ENV_VARS"
-            );
+    fn the_struct_is_the_list_of_variables() {
+        let vars = shared::config::variables::<Cli>();
+        let names: Vec<&str> = vars.iter().map(|v| v.name.as_str()).collect();
+        for expected in [
+            "ACCOUNT_BIND",
+            "ACCOUNT_TOKEN_KEYS",
+            "ACCOUNT_ARGON2_MEMORY_KIB",
+            "ACCOUNT_RATE_LIMIT_ADDRESS_PER_HOUR",
+            "ACCOUNT_LOG_FORMAT",
+        ] {
+            assert!(names.contains(&expected), "{expected} in {names:?}");
         }
+        let secrets: Vec<&str> = vars
+            .iter()
+            .filter(|v| v.secret)
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(
+            secrets,
+            [
+                "ACCOUNT_DATABASE_URL",
+                "ACCOUNT_DATABASE_PASSWORD",
+                "ACCOUNT_AMQP_URL",
+                "ACCOUNT_TOKEN_KEYS"
+            ]
+        );
+        assert!(names.iter().all(|n| n.starts_with("ACCOUNT_")));
     }
 }

@@ -4,36 +4,52 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
-/// A field-level input error: which field, and what is wrong, for a 422 problem.
+/// A field-level input error for a 422: which field, what is wrong in
+/// English (the API), and the key of the same sentence in the pages'
+/// translations (`i18n/*.json`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct FieldError {
     pub field: &'static str,
     pub message: &'static str,
+    pub key: &'static str,
+}
+
+impl FieldError {
+    /// The field is missing or empty.
+    pub fn required(field: &'static str) -> Self {
+        Self {
+            field,
+            message: "is required",
+            key: "err_required",
+        }
+    }
 }
 
 impl Email {
     /// Trims and validates an address.
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
-        let err = |message| FieldError {
+        let err = |message, key| FieldError {
             field: "email",
             message,
+            key,
         };
+        let invalid = || err("is not a valid e-mail address", "err_email_invalid");
         let email = raw.trim();
         if email.is_empty() {
-            return Err(err("is required"));
+            return Err(FieldError::required("email"));
         }
         if email.len() > 254 {
-            return Err(err("is longer than 254 characters"));
+            return Err(err("is longer than 254 characters", "err_email_too_long"));
         }
         if email
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
         {
-            return Err(err("is not a valid e-mail address"));
+            return Err(invalid());
         }
         if !email_address::EmailAddress::is_valid(email) {
-            return Err(err("is not a valid e-mail address"));
+            return Err(invalid());
         }
         Ok(Self(email.to_owned()))
     }
@@ -63,22 +79,34 @@ pub const PASSWORD_MAX_CHARS: usize = 128;
 /// Shortest password accepted, in characters.
 pub const PASSWORD_MIN_CHARS: usize = 8;
 
+fn too_long() -> FieldError {
+    FieldError {
+        field: "password",
+        message: "must be at most 128 characters",
+        key: "err_password_too_long",
+    }
+}
+
 impl Password {
     /// Checks a new password against the policy.
     pub fn parse_new(raw: String) -> Result<Self, FieldError> {
-        let err = |message| FieldError {
+        let err = |message, key| FieldError {
             field: "password",
             message,
+            key,
         };
         let n = raw.chars().count();
         if n < PASSWORD_MIN_CHARS {
-            return Err(err("must be at least 8 characters"));
+            return Err(err(
+                "must be at least 8 characters",
+                "err_password_too_short",
+            ));
         }
         if n > PASSWORD_MAX_CHARS || raw.len() > 4 * PASSWORD_MAX_CHARS {
-            return Err(err("must be at most 128 characters"));
+            return Err(too_long());
         }
         if raw.trim().is_empty() {
-            return Err(err("must not be only spaces"));
+            return Err(err("must not be only spaces", "err_password_blank"));
         }
         Ok(Self(raw))
     }
@@ -86,16 +114,10 @@ impl Password {
     /// A password typed at login: only bounded, so a policy change never locks anyone out.
     pub fn parse_login(raw: String) -> Result<Self, FieldError> {
         if raw.is_empty() {
-            return Err(FieldError {
-                field: "password",
-                message: "is required",
-            });
+            return Err(FieldError::required("password"));
         }
         if raw.len() > 4 * PASSWORD_MAX_CHARS {
-            return Err(FieldError {
-                field: "password",
-                message: "must be at most 128 characters",
-            });
+            return Err(too_long());
         }
         Ok(Self(raw))
     }

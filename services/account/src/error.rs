@@ -8,6 +8,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::accounts::AccountError;
 use crate::domain::FieldError;
 use crate::token::TokenError;
 
@@ -44,21 +45,17 @@ pub enum AppError {
     Internal(#[source] anyhow::Error),
 }
 
-impl From<diesel::result::Error> for AppError {
-    fn from(e: diesel::result::Error) -> Self {
-        Self::Internal(e.into())
-    }
-}
-
-impl From<deadpool::managed::PoolError<diesel_async::pooled_connection::PoolError>> for AppError {
-    fn from(e: deadpool::managed::PoolError<diesel_async::pooled_connection::PoolError>) -> Self {
-        Self::Unavailable(e.into())
-    }
-}
-
-impl From<crate::password::HashError> for AppError {
-    fn from(e: crate::password::HashError) -> Self {
-        Self::Internal(e.into())
+impl From<AccountError> for AppError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::BadCredentials => Self::BadCredentials,
+            AccountError::NotVerified => Self::NotVerified,
+            AccountError::NoSession => Self::Unauthorized,
+            AccountError::Token(t) => Self::Token(t),
+            AccountError::TokenUsed { email } => Self::TokenUsed { email },
+            AccountError::Unavailable(e) => Self::Unavailable(e),
+            AccountError::Internal(e) => Self::Internal(e),
+        }
     }
 }
 

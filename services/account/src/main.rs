@@ -1,40 +1,32 @@
-//! `account [serve|migrate|keygen]`: reads configuration, sets up logging, runs.
+//! `account [serve|migrate|keygen]`: reads arguments and configuration, sets
+//! up logging, runs.
 
-use account::config::Settings;
+use account::config::{Cli, Command};
 use account::startup::{Application, prepare_database};
-use account::token::generate_key_spec;
-
-const USAGE: &str = "usage: account [serve | migrate | keygen [KID]]";
+use account::token::{KeyRing, generate_key_spec};
+use shared::config::{exit_with, parse_or_exit};
 
 // Tokio's multi-thread runtime, not actix's: diesel-async's migration harness
-// needs block_in_place (see shared CRATES notes).
+// runs on `block_in_place`, which a current-thread runtime refuses.
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = args.first().map(String::as_str).unwrap_or("serve");
-    if command == "keygen" {
-        let kid = args
-            .get(1)
-            .cloned()
-            .unwrap_or_else(|| chrono::Utc::now().format("k%Y%m%d").to_string());
-        println!("{}", generate_key_spec(&kid));
-        return;
-    }
-    if !matches!(command, "serve" | "migrate") {
-        eprintln!("{USAGE}");
-        std::process::exit(2);
-    }
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let settings = match Settings::from_env() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
+    let cli: Cli = parse_or_exit();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Keygen { kid } = command {
+        let kid = kid.unwrap_or_else(|| chrono::Utc::now().format("k%Y%m%d").to_string());
+        let spec = generate_key_spec(&kid);
+        if let Err(e) = KeyRing::parse(&spec) {
+            eprintln!("account keygen: {e}");
             std::process::exit(2);
         }
-    };
+        println!("{spec}");
+        return;
+    }
+    let settings = cli.settings.load().unwrap_or_else(|e| exit_with(e));
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     shared::telemetry::init(settings.log_json, "info,account=info");
     let result = match command {
-        "migrate" => prepare_database(&settings).await,
+        Command::Migrate => prepare_database(&settings).await,
         _ => serve(settings).await,
     };
     if let Err(e) = result {
@@ -43,7 +35,7 @@ async fn main() {
     }
 }
 
-async fn serve(settings: Settings) -> Result<(), anyhow::Error> {
+async fn serve(settings: account::config::Settings) -> Result<(), anyhow::Error> {
     let public = settings.public_url.clone();
     let app = Application::build(settings).await?;
     tracing::info!(

@@ -1,59 +1,40 @@
 //! Builds the application exactly as `main` runs it, so tests run the same thing.
 
 use std::net::TcpListener;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::{Service, ServiceResponse};
 use actix_web::error::{JsonPayloadError, UrlencodedError};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, ResponseError, web};
-use futures_util::FutureExt;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 
+use crate::accounts::Accounts;
 use crate::broker::Publisher;
 use crate::config::Settings;
 use crate::db::{self, DbPool};
 use crate::error::AppError;
+use crate::health::Health;
 use crate::outbox::Relay;
 use crate::password::Hasher;
 use crate::ratelimit::Limits;
 use crate::routes::{api, ops, pages};
+use crate::state::AppState;
+use crate::telemetry;
 use crate::token::KeyRing;
+use crate::views::Views;
 
 /// Largest request body accepted (JSON or form).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// What every handler can reach.
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub pool: DbPool,
-    pub hasher: Hasher,
-    pub keys: KeyRing,
-    pub relay: Relay,
-    pub limits: Limits,
-    pub pages: pages::Pages,
-    pub metrics: PrometheusHandle,
-}
-
 /// The Prometheus recorder: global to the process, installed once.
 pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ])
-                .expect("static buckets are valid")
-                .install_recorder()
-                .expect("no other metrics recorder is installed")
-        })
-        .clone()
+    shared::telemetry::prometheus(&[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
 }
 
 /// A running service: the HTTP server plus the outbox relay.
@@ -92,9 +73,10 @@ impl Application {
     /// Prepares the database, binds the listener and starts the relay.
     pub async fn build(settings: Settings) -> Result<Self, anyhow::Error> {
         prepare_database(&settings).await?;
+        let settings = Arc::new(settings);
         let pool = db::pool(
             settings.database_url.expose_secret(),
-            settings.database_pool_size,
+            settings.database_pool_size as usize,
         )?;
         let keys = match &settings.token_keys {
             Some(keys) => keys.clone(),
@@ -110,97 +92,44 @@ impl Application {
             settings.amqp_url.clone(),
             settings.topology.clone(),
         ));
-        let relay = Relay::new(pool.clone(), publisher, settings.outbox_sweep_interval);
+        let relay = Relay::new(
+            pool.clone(),
+            publisher.clone(),
+            settings.outbox_sweep_interval,
+        );
         let limits = Limits::new(settings.rate_limits);
         let listener = TcpListener::bind(&settings.bind)
             .map_err(|e| anyhow::anyhow!("cannot listen on ACCOUNT_BIND={}: {e}", settings.bind))?;
         let port = listener.local_addr()?.port();
-        let workers = settings.workers;
-        let outbox_retention = settings.outbox_retention;
+        let hasher = Hasher::new(settings.argon2, settings.hash_concurrency());
         let state = web::Data::new(AppState {
-            hasher: Hasher::new(settings.argon2, settings.hash_concurrency),
-            settings: Arc::new(settings),
-            pool: pool.clone(),
-            keys,
-            relay: relay.clone(),
+            accounts: Accounts::new(pool.clone(), hasher, keys, relay.clone(), settings.clone()),
             limits: limits.clone(),
-            pages: pages::Pages::default(),
+            views: Views::default(),
+            health: Health::new(pool.clone(), publisher),
             metrics: metrics_handle(),
+            settings: settings.clone(),
         });
 
-        let server_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(server_state.clone())
+                .app_data(state.clone())
                 .app_data(json_config())
                 .app_data(form_config())
-                .wrap_fn(|req, srv| {
-                    let started = Instant::now();
-                    let request_id = req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .filter(|v| {
-                            v.len() <= 64
-                                && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                        })
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                    let method = req.method().to_string();
-                    // The route pattern, never the raw path or query: tokens travel in queries.
-                    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-                    let span = tracing::info_span!("request", id = %request_id, %method, %route);
-                    srv.call(req)
-                        .map(move |res: Result<ServiceResponse, actix_web::Error>| {
-                            let status = match &res {
-                                Ok(r) => r.status(),
-                                Err(e) => e.as_response_error().status_code(),
-                            };
-                            let elapsed = started.elapsed().as_secs_f64();
-                            let labels = [
-                                ("method", method),
-                                ("route", route.clone()),
-                                ("status", status.as_u16().to_string()),
-                            ];
-                            metrics::counter!("http_requests_total", &labels).increment(1);
-                            metrics::histogram!("http_request_duration_seconds", &labels)
-                                .record(elapsed);
-                            if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
-                                tracing::debug!(
-                                    status = status.as_u16(),
-                                    ms = elapsed * 1e3,
-                                    "request"
-                                );
-                            } else {
-                                tracing::info!(
-                                    status = status.as_u16(),
-                                    ms = elapsed * 1e3,
-                                    "request"
-                                );
-                            }
-                            res.map(|mut r| {
-                                if let Ok(v) = HeaderValue::from_str(&request_id) {
-                                    r.headers_mut()
-                                        .insert(HeaderName::from_static("x-request-id"), v);
-                                }
-                                r
-                            })
-                        })
-                        .instrument(span)
-                })
+                .wrap(from_fn(telemetry::observe))
                 .configure(api::configure)
                 .configure(pages::configure)
                 .configure(ops::configure)
                 .default_service(web::to(|| async { AppError::NotFound.error_response() }))
         })
-        .workers(workers)
+        .workers(settings.workers())
         .shutdown_timeout(30)
         .listen(listener)?
         .run();
 
         let (shutdown, rx) = watch::channel(false);
         let relay_task = tokio::spawn(relay.run(rx.clone()));
-        let housekeeping = tokio::spawn(housekeeping(pool, limits, outbox_retention, rx));
+        let housekeeping = tokio::spawn(housekeeping(pool, limits, settings.outbox_retention, rx));
         Ok(Self {
             port,
             server,

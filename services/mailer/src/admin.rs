@@ -6,8 +6,8 @@ use lapin::types::AMQPValue;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::ExposeSecret;
 
-use crate::config::Settings;
-use crate::worker::{ATTEMPT, DEAD_AT, DEAD_REASON, LAST_ERROR};
+use crate::config::{DeadCommand, Settings};
+use crate::routing::{ATTEMPT, DEAD_AT, DEAD_REASON, LAST_ERROR};
 
 fn header(props: &lapin::BasicProperties, name: &str) -> String {
     match props.headers().as_ref().and_then(|h| h.inner().get(name)) {
@@ -34,12 +34,21 @@ fn id_of(props: &lapin::BasicProperties, body: &[u8]) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// Lists dead letters (id, attempts, when, reason) on stdout; leaves them in place.
-/// Requeues the ones whose message id is in `ids` (all of them with `None`); returns how many.
-pub async fn dead(
-    settings: &Settings,
-    requeue: Option<Option<Vec<String>>>,
-) -> Result<usize, anyhow::Error> {
+/// Which dead letters a requeue takes.
+enum Selection<'a> {
+    All,
+    Ids(&'a [String]),
+}
+
+/// `List`: prints dead letters (id, attempts, when, reason) on stdout and
+/// leaves them in place. `Requeue`: moves the chosen ones back to the work
+/// queue and returns how many.
+pub async fn dead(settings: &Settings, cmd: &DeadCommand) -> Result<usize, anyhow::Error> {
+    let requeue = match cmd {
+        DeadCommand::List => None,
+        DeadCommand::Requeue { all: true, .. } => Some(Selection::All),
+        DeadCommand::Requeue { ids, .. } => Some(Selection::Ids(ids)),
+    };
     let conn = Connection::connect(
         settings.amqp_url.expose_secret(),
         ConnectionProperties::default(),
@@ -68,8 +77,10 @@ pub async fn dead(
                 header(props, DEAD_AT),
                 header(props, DEAD_REASON)
             ),
-            Some(filter) => {
-                if filter.as_ref().is_some_and(|ids| !ids.contains(&id)) {
+            Some(selection) => {
+                if let Selection::Ids(ids) = selection
+                    && !ids.contains(&id)
+                {
                     continue;
                 }
                 let mut kept = props.headers().clone().unwrap_or_default().inner().clone();
@@ -103,7 +114,10 @@ pub async fn dead(
     }
     ch.close(200, "done".into()).await?;
     conn.close(200, "done".into()).await?;
-    if let Some(Some(ids)) = &requeue {
+    if requeue.is_some() {
+        eprintln!("{moved} requeued");
+    }
+    if let Some(Selection::Ids(ids)) = &requeue {
         let missing: Vec<&str> = ids
             .iter()
             .filter(|id| !requeued.contains(id.as_str()))

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::Channel;
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
 use shared::Topology;
 use shared::topology::MAIL_SEND_ROUTING_KEY;
 
@@ -40,16 +40,7 @@ pub async fn declare(
     queue_type: QueueType,
     retry_delays: &[Duration],
 ) -> Result<(), lapin::Error> {
-    ch.exchange_declare(
-        t.exchange().as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
+    shared::topology::declare_exchange(ch, &t.exchange()).await?;
     let queue_args = match queue_type {
         QueueType::Classic => FieldTable::default(),
         QueueType::Quorum => args(vec![("x-queue-type", string("quorum"))]),

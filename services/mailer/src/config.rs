@@ -1,35 +1,17 @@
-//! `MAILER_*` configuration, read once at start.
+//! `MAILER_*` configuration: this struct is the list of variables. Each
+//! field names its variable, default and help (`mailer --help` prints
+//! them); `Settings::load` then resolves what needs more than one variable
+//! (secrets from `*_FILE`, the SMTP URL and its password).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::Args;
 use lettre::message::Mailbox;
 use secrecy::{ExposeSecret, SecretString};
 use shared::Topology;
-use shared::config::{ConfigError, Env};
+use shared::config::{self as conf, ConfigError};
 
-/// Every variable the mailer reads (without the `_FILE` twins of secrets).
-pub const ENV_VARS: &[&str] = &[
-    "MAILER_BIND",
-    "MAILER_AMQP_URL",
-    "MAILER_AMQP_PREFIX",
-    "MAILER_QUEUE_TYPE",
-    "MAILER_PREFETCH",
-    "MAILER_RETRY_DELAYS",
-    "MAILER_SMTP_URL",
-    "MAILER_SMTP_PASSWORD",
-    "MAILER_SMTP_POOL_SIZE",
-    "MAILER_SMTP_TIMEOUT",
-    "MAILER_FROM",
-    "MAILER_MAIL_DIR",
-    "MAILER_TEMPLATE_DIR",
-    "MAILER_DEFAULT_LOCALE",
-    "MAILER_SEND_RATE",
-    "MAILER_SHUTDOWN_TIMEOUT",
-    "MAILER_LOG_FORMAT",
-];
-
-/// The variables that are secrets and so also accept `<NAME>_FILE`.
 /// The retry ladder when `MAILER_RETRY_DELAYS` is not set: 5 s, 30 s, 2 min, 10 min, 1 h.
 pub const DEFAULT_RETRY_DELAYS: [Duration; 5] = [
     Duration::from_secs(5),
@@ -39,10 +21,8 @@ pub const DEFAULT_RETRY_DELAYS: [Duration; 5] = [
     Duration::from_secs(3600),
 ];
 
-pub const SECRET_VARS: &[&str] = &["MAILER_AMQP_URL", "MAILER_SMTP_URL", "MAILER_SMTP_PASSWORD"];
-
 /// Whether the work queue is a classic or a quorum queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum QueueType {
     Classic,
     Quorum,
@@ -62,27 +42,190 @@ pub enum Outbound {
 }
 
 /// The whole configuration of the mailer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Configuration (environment variables)")]
 pub struct Settings {
+    /// Health, readiness and metrics listen address.
+    #[arg(long, env = "MAILER_BIND", default_value = "127.0.0.1:9090")]
     pub bind: String,
+    /// RabbitMQ URL [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    #[arg(long = "amqp-url", value_name = "URL", env = "MAILER_AMQP_URL", hide_env_values = true, value_parser = conf::amqp_url)]
+    amqp_url_value: Option<SecretString>,
+    /// File holding MAILER_AMQP_URL.
+    #[arg(long = "amqp-url-file", env = "MAILER_AMQP_URL_FILE")]
+    amqp_url_file: Option<PathBuf>,
+    /// The resolved RabbitMQ URL.
+    #[arg(skip = SecretString::from(""))]
     pub amqp_url: SecretString,
+    /// Prefix of every exchange and queue name; must equal ACCOUNT_AMQP_PREFIX.
+    #[arg(long = "amqp-prefix", value_name = "PREFIX", env = "MAILER_AMQP_PREFIX", default_value = "", value_parser = conf::topology)]
     pub topology: Topology,
+    /// `quorum` for replicated queues (fixed when the queues are first declared).
+    #[arg(long, env = "MAILER_QUEUE_TYPE", value_enum, default_value = "classic")]
     pub queue_type: QueueType,
+    /// Messages in flight per mailer.
+    #[arg(long, env = "MAILER_PREFETCH", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
-    pub retry_delays: Vec<Duration>,
+    /// The retry ladder: how long a transiently failed mail waits before each new try.
+    #[arg(long, env = "MAILER_RETRY_DELAYS", default_value = "5s,30s,2m,10m,1h", value_parser = retry_delays)]
+    pub retry_delays: RetryDelays,
+    /// SMTP server, e.g. `smtp://ID%40naver.com@smtp.naver.com:587?tls=required` or `smtps://user@host:465`. Unset: mail is written to MAILER_MAIL_DIR.
+    #[arg(long = "smtp-url", value_name = "URL", env = "MAILER_SMTP_URL", hide_env_values = true, value_parser = smtp_url)]
+    smtp_url: Option<SecretString>,
+    /// File holding MAILER_SMTP_URL.
+    #[arg(long = "smtp-url-file", env = "MAILER_SMTP_URL_FILE")]
+    smtp_url_file: Option<PathBuf>,
+    /// SMTP password (Naver: the application password).
+    #[arg(long = "smtp-password", value_name = "PASSWORD", env = "MAILER_SMTP_PASSWORD", hide_env_values = true, value_parser = conf::secret_value)]
+    smtp_password: Option<SecretString>,
+    /// File holding MAILER_SMTP_PASSWORD.
+    #[arg(long = "smtp-password-file", env = "MAILER_SMTP_PASSWORD_FILE")]
+    smtp_password_file: Option<PathBuf>,
+    /// Where mail goes, resolved.
+    #[arg(skip = Outbound::Dir(PathBuf::new()))]
     pub outbound: Outbound,
+    /// SMTP sessions open at once, at most.
+    #[arg(long, env = "MAILER_SMTP_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub smtp_pool_size: u32,
+    /// Bound of one whole SMTP exchange (connect, TLS, AUTH, MAIL, RCPT, DATA).
+    #[arg(long, env = "MAILER_SMTP_TIMEOUT", default_value = "30s", value_parser = conf::duration)]
     pub smtp_timeout: Duration,
+    /// From address (`Name <addr>`); Naver requires the authenticated account.
+    #[arg(long, env = "MAILER_FROM", default_value = "no-reply@localhost", value_parser = mailbox)]
     pub from: Mailbox,
+    /// Folder for mail when no SMTP is set.
+    #[arg(long, env = "MAILER_MAIL_DIR", default_value = "./var/mail")]
+    mail_dir: PathBuf,
+    /// Folder of templates that override or add to the embedded ones.
+    #[arg(long, env = "MAILER_TEMPLATE_DIR", value_parser = folder)]
     pub template_dir: Option<PathBuf>,
+    /// Locale used when an event's locale has no template.
+    #[arg(long, env = "MAILER_DEFAULT_LOCALE", default_value = "en")]
     pub default_locale: String,
-    /// Mails per second at most; `None` for no limit.
-    pub send_rate: Option<u32>,
+    /// Mails per second at most, per mailer; 0 for no limit.
+    #[arg(
+        long = "send-rate",
+        value_name = "PER_SECOND",
+        env = "MAILER_SEND_RATE",
+        default_value_t = 0
+    )]
+    send_rate_value: u32,
+    /// How long SIGTERM waits for mail in flight.
+    #[arg(long, env = "MAILER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = conf::duration)]
     pub shutdown_timeout: Duration,
+    /// `json` for JSON lines, `text` for people; `RUST_LOG` sets the filter.
+    #[arg(long = "log-format", value_name = "FORMAT", env = "MAILER_LOG_FORMAT", default_value = "text", value_parser = conf::log_json, action = clap::ArgAction::Set)]
     pub log_json: bool,
 }
 
+/// The retry ladder, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryDelays(pub Vec<Duration>);
+
+impl std::ops::Deref for RetryDelays {
+    type Target = [Duration];
+    fn deref(&self) -> &[Duration] {
+        &self.0
+    }
+}
+
+/// Value parser of `MAILER_RETRY_DELAYS` (the tests read ladders with it too).
+pub fn retry_delays(s: &str) -> Result<RetryDelays, String> {
+    let delays = conf::durations(s)?;
+    if delays.iter().any(|d| d.is_zero()) {
+        return Err("delays must be greater than 0".into());
+    }
+    Ok(RetryDelays(delays))
+}
+
+fn smtp_url(s: &str) -> Result<SecretString, String> {
+    url::Url::parse(s.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some())
+        .map(|_| SecretString::from(s.trim().to_owned()))
+        .ok_or_else(|| "expected smtp://user@host:587?tls=required or smtps://user@host:465".into())
+}
+
+fn mailbox(s: &str) -> Result<Mailbox, String> {
+    s.trim()
+        .parse()
+        .map_err(|e| format!("not a mailbox like `Name <addr@host>`: {e}"))
+}
+
+fn folder(s: &str) -> Result<PathBuf, String> {
+    let dir = PathBuf::from(s);
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(format!("{} is not a folder", dir.display()))
+    }
+}
+
 impl Settings {
+    /// Settings from a map of variables (tests), resolved as at start.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        conf::settings_from_vars::<Self>(vars)?.load()
+    }
+
+    /// Resolves what one variable alone cannot say: secrets from files, and
+    /// where mail goes.
+    pub fn load(mut self) -> Result<Self, ConfigError> {
+        self.amqp_url = conf::secret(
+            "MAILER_AMQP_URL",
+            self.amqp_url_value.take(),
+            self.amqp_url_file.as_deref(),
+        )?
+        .unwrap_or_else(|| SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"));
+        conf::amqp_url(self.amqp_url.expose_secret())
+            .map_err(|e| ConfigError::new("MAILER_AMQP_URL", e))?;
+        let password = conf::secret(
+            "MAILER_SMTP_PASSWORD",
+            self.smtp_password.take(),
+            self.smtp_password_file.as_deref(),
+        )?;
+        let url = conf::secret(
+            "MAILER_SMTP_URL",
+            self.smtp_url.take(),
+            self.smtp_url_file.as_deref(),
+        )?;
+        self.outbound = match url {
+            Some(url) => {
+                let parsed = url::Url::parse(url.expose_secret())
+                    .map_err(|e| ConfigError::new("MAILER_SMTP_URL", e.to_string()))?;
+                smtp_url(url.expose_secret())
+                    .map_err(|e| ConfigError::new("MAILER_SMTP_URL", e))?;
+                if parsed.password().is_some() && password.is_some() {
+                    return Err(ConfigError::new(
+                        "MAILER_SMTP_PASSWORD",
+                        "the password is also in MAILER_SMTP_URL; keep one",
+                    ));
+                }
+                let user = Some(parsed.username().to_owned())
+                    .filter(|u| !u.is_empty())
+                    .map(|u| {
+                        url::form_urlencoded::parse(format!("u={u}").as_bytes())
+                            .next()
+                            .map(|(_, v)| v.into_owned())
+                            .unwrap_or(u)
+                    });
+                Outbound::Smtp {
+                    url,
+                    password,
+                    user,
+                }
+            }
+            None => Outbound::Dir(self.mail_dir.clone()),
+        };
+        Ok(self)
+    }
+
+    /// Mails per second at most; `None` for no limit.
+    pub fn send_rate(&self) -> Option<u32> {
+        (self.send_rate_value > 0).then_some(self.send_rate_value)
+    }
+
     /// Warnings about settings that start fine but will likely fail or leak
     /// in production; `main` logs them at start.
     pub fn warnings(&self) -> Vec<String> {
@@ -128,121 +271,47 @@ impl Settings {
         }
         out
     }
+}
 
-    /// Reads `MAILER_*` from the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from(&Env::from_process("MAILER_"))
-    }
+/// The command line: a subcommand (running the worker by default) and the settings.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "mailer",
+    version,
+    about = "Consumes mail.send events and delivers them over SMTP, with retries and dead letters"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
 
-    /// Reads the settings from a prepared environment.
-    pub fn from(env: &Env) -> Result<Self, ConfigError> {
-        let amqp_url = env
-            .secret("AMQP_URL")?
-            .map(|s| s.expose_secret().to_owned())
-            .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            return Err(env.error("AMQP_URL", "expected an amqp:// or amqps:// URL"));
-        }
-        let topology = Topology::new(env.get("AMQP_PREFIX").unwrap_or(""))
-            .map_err(|e| env.error("AMQP_PREFIX", e.to_string()))?;
-        let queue_type = match env.string("QUEUE_TYPE", "classic").as_str() {
-            "classic" => QueueType::Classic,
-            "quorum" => QueueType::Quorum,
-            other => {
-                return Err(env.error(
-                    "QUEUE_TYPE",
-                    format!("expected classic or quorum, got {other:?}"),
-                ));
-            }
-        };
-        let prefetch: u16 = env.parse("PREFETCH", 32)?;
-        if prefetch == 0 {
-            return Err(env.error("PREFETCH", "must be at least 1"));
-        }
-        let retry_delays = env.durations("RETRY_DELAYS", &DEFAULT_RETRY_DELAYS)?;
-        if retry_delays.iter().any(|d| d.is_zero()) {
-            return Err(env.error("RETRY_DELAYS", "delays must be greater than 0"));
-        }
+/// What `mailer` does.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Consume and deliver mail (the default).
+    Run,
+    /// Look at dead letters, or send them back to the work queue.
+    #[command(subcommand)]
+    Dead(DeadCommand),
+}
 
-        let password = env.secret("SMTP_PASSWORD")?;
-        let outbound = match env.secret("SMTP_URL")? {
-            Some(url) => {
-                let parsed = url::Url::parse(url.expose_secret())
-                    .ok()
-                    .filter(|u| matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some())
-                    .ok_or_else(|| {
-                        env.error(
-                            "SMTP_URL",
-                            "expected smtp://user@host:587?tls=required or smtps://user@host:465",
-                        )
-                    })?;
-                if parsed.password().is_some() && password.is_some() {
-                    return Err(env.error(
-                        "SMTP_PASSWORD",
-                        "the password is also in MAILER_SMTP_URL; keep one",
-                    ));
-                }
-                let user = Some(parsed.username().to_owned()).filter(|u| !u.is_empty());
-                let user = user.map(|u| {
-                    url::form_urlencoded::parse(format!("u={u}").as_bytes())
-                        .next()
-                        .map(|(_, v)| v.into_owned())
-                        .unwrap_or(u)
-                });
-                Outbound::Smtp {
-                    url,
-                    password,
-                    user,
-                }
-            }
-            None => Outbound::Dir(PathBuf::from(env.string("MAIL_DIR", "./var/mail"))),
-        };
-
-        let from_raw = env.string("FROM", "no-reply@localhost");
-        let from: Mailbox = from_raw.parse().map_err(|e| {
-            env.error(
-                "FROM",
-                format!("not a mailbox like `Name <addr@host>`: {e}"),
-            )
-        })?;
-
-        let default_locale = env.string("DEFAULT_LOCALE", "en");
-        let send_rate: u32 = env.parse("SEND_RATE", 0)?;
-        let log_json = match env.string("LOG_FORMAT", "text").as_str() {
-            "json" => true,
-            "text" => false,
-            other => {
-                return Err(env.error(
-                    "LOG_FORMAT",
-                    format!("expected json or text, got {other:?}"),
-                ));
-            }
-        };
-        let template_dir = env.optional("TEMPLATE_DIR").map(PathBuf::from);
-        if let Some(dir) = &template_dir
-            && !dir.is_dir()
-        {
-            return Err(env.error("TEMPLATE_DIR", format!("{} is not a folder", dir.display())));
-        }
-
-        Ok(Self {
-            bind: env.string("BIND", "127.0.0.1:9090"),
-            amqp_url: SecretString::from(amqp_url),
-            topology,
-            queue_type,
-            prefetch,
-            retry_delays,
-            outbound,
-            smtp_pool_size: env.parse("SMTP_POOL_SIZE", 4)?.max(1),
-            smtp_timeout: env.duration("SMTP_TIMEOUT", Duration::from_secs(30))?,
-            from,
-            template_dir,
-            default_locale,
-            send_rate: (send_rate > 0).then_some(send_rate),
-            shutdown_timeout: env.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(30))?,
-            log_json,
-        })
-    }
+/// `mailer dead ...`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum DeadCommand {
+    /// Print id, attempts, when and why of every dead letter (they stay).
+    List,
+    /// Move dead letters back to the work queue once the cause is fixed;
+    /// each starts the retry ladder again.
+    Requeue {
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// The message ids to requeue.
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+    },
 }
 
 #[cfg(test)]
@@ -250,10 +319,7 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        Settings::from(&Env::from_map(
-            "MAILER_",
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        ))
+        Settings::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]
@@ -262,8 +328,27 @@ mod tests {
         assert_eq!(s.bind, "127.0.0.1:9090");
         assert!(matches!(s.outbound, Outbound::Dir(ref p) if p == &PathBuf::from("./var/mail")));
         assert_eq!(s.from.email.to_string(), "no-reply@localhost");
-        assert_eq!(s.retry_delays.len(), 5);
+        assert_eq!(&*s.retry_delays, &DEFAULT_RETRY_DELAYS);
         assert_eq!(s.queue_type, QueueType::Classic);
+        assert_eq!(s.prefetch, 32);
+        assert_eq!(s.smtp_pool_size, 4);
+        assert_eq!(s.smtp_timeout, Duration::from_secs(30));
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(s.send_rate(), None);
+        assert_eq!(s.default_locale, "en");
+        assert!(s.template_dir.is_none() && !s.log_json);
+        assert_eq!(
+            s.amqp_url.expose_secret(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+        let q = settings(&[
+            ("MAILER_QUEUE_TYPE", "quorum"),
+            ("MAILER_SEND_RATE", "5"),
+            ("MAILER_LOG_FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!((q.queue_type, q.send_rate()), (QueueType::Quorum, Some(5)));
+        assert!(q.log_json);
     }
 
     #[test]
@@ -283,6 +368,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let both = settings(&[
+            ("MAILER_SMTP_URL", "smtp://me:pw@smtp.example.com:587"),
+            ("MAILER_SMTP_PASSWORD", "pw"),
+        ]);
+        assert_eq!(both.unwrap_err().var, "MAILER_SMTP_PASSWORD");
     }
 
     #[test]
@@ -326,10 +416,13 @@ mod tests {
             ("MAILER_QUEUE_TYPE", "stream"),
             ("MAILER_PREFETCH", "0"),
             ("MAILER_RETRY_DELAYS", "5s,soon"),
+            ("MAILER_RETRY_DELAYS", "5s,0s"),
             ("MAILER_SMTP_URL", "http://smtp.example.com"),
+            ("MAILER_SMTP_POOL_SIZE", "0"),
             ("MAILER_FROM", "not a mailbox"),
             ("MAILER_SEND_RATE", "fast"),
             ("MAILER_SMTP_TIMEOUT", "long"),
+            ("MAILER_SHUTDOWN_TIMEOUT", "never"),
             ("MAILER_LOG_FORMAT", "xml"),
             ("MAILER_TEMPLATE_DIR", "/nonexistent/templates"),
         ] {
@@ -339,14 +432,38 @@ mod tests {
     }
 
     #[test]
-    fn every_variable_read_is_listed() {
-        let read = shared::config::variables_read(include_str!("config.rs"), "MAILER_");
-        assert!(read.len() > 10, "the scan finds the reads: {read:?}");
-        for var in read {
-            assert!(
-                ENV_VARS.contains(&var.as_str()),
-                "{var} is read but not in ENV_VARS"
-            );
-        }
+    fn the_struct_is_the_list_of_variables() {
+        let vars = shared::config::variables::<Cli>();
+        let secrets: Vec<&str> = vars
+            .iter()
+            .filter(|v| v.secret)
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(
+            secrets,
+            ["MAILER_AMQP_URL", "MAILER_SMTP_URL", "MAILER_SMTP_PASSWORD"]
+        );
+        assert!(vars.iter().any(|v| v.name == "MAILER_RETRY_DELAYS"));
+        assert!(vars.iter().all(|v| v.name.starts_with("MAILER_")));
+    }
+
+    #[test]
+    fn dead_letter_commands() {
+        use clap::Parser;
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        assert!(matches!(
+            parse(&["mailer", "dead", "list"]).unwrap(),
+            Some(Command::Dead(DeadCommand::List))
+        ));
+        assert!(matches!(
+            parse(&["mailer", "dead", "requeue", "--all"]).unwrap(),
+            Some(Command::Dead(DeadCommand::Requeue { all: true, ref ids })) if ids.is_empty()
+        ));
+        assert!(matches!(
+            parse(&["mailer", "dead", "requeue", "a", "b"]).unwrap(),
+            Some(Command::Dead(DeadCommand::Requeue { all: false, ref ids })) if ids == &["a", "b"]
+        ));
+        assert!(parse(&["mailer", "dead", "requeue"]).is_err());
+        assert!(parse(&["mailer", "dead", "requeue", "--all", "a"]).is_err());
     }
 }

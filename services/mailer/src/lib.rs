@@ -1,13 +1,19 @@
 //! The mailer: consumes `mail.send` events from RabbitMQ and delivers them
 //! over SMTP (or into a folder on a laptop), with retries and dead letters.
+//!
+//! `consumer` (AMQP) → `pipeline` (envelope → template → message → outlet)
+//! → `routing` for failures (retry ladder, dead letters); `startup` wires
+//! them, `http` serves health and metrics, `admin` the dead-letter CLI.
 
 pub mod admin;
 pub mod broker;
 pub mod config;
+pub mod consumer;
 pub mod dedupe;
-pub mod delivery;
 pub mod http;
+pub mod message;
+pub mod outlet;
+pub mod pipeline;
+pub mod routing;
+pub mod startup;
 pub mod templates;
-pub mod worker;
-
-pub use config::ENV_VARS;

@@ -5,12 +5,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{fields, rate_limit, removal_cookie, session_cookie, session_token};
-use crate::accounts;
 use crate::domain::{Email, FieldError, Password};
 use crate::error::AppError;
 use crate::i18n::Lang;
-use crate::sessions;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Registers the API routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -33,10 +31,7 @@ struct SignupRequest {
 }
 
 fn required(value: Option<String>, field: &'static str) -> Result<String, FieldError> {
-    value.ok_or(FieldError {
-        field,
-        message: "is required",
-    })
+    value.ok_or(FieldError::required(field))
 }
 
 fn accepted() -> HttpResponse {
@@ -62,7 +57,7 @@ async fn signup(
         Some(tag) => Lang::from_tag(tag).unwrap_or(state.settings.default_locale),
     };
     rate_limit(&req, &state, &email)?;
-    accounts::signup(&state, email, password, lang).await?;
+    state.accounts.signup(email, password, lang).await?;
     Ok(accepted())
 }
 
@@ -81,7 +76,10 @@ async fn resend(
         .and_then(|e| Email::parse(&e))
         .map_err(|e| AppError::Validation(vec![e]))?;
     rate_limit(&req, &state, &email)?;
-    accounts::resend(&state, email, super::lang(&req, &state)).await?;
+    state
+        .accounts
+        .resend(email, super::lang(&req, &state))
+        .await?;
     Ok(accepted())
 }
 
@@ -97,7 +95,7 @@ async fn verify(
 ) -> Result<HttpResponse, AppError> {
     let token =
         required(body.into_inner().token, "token").map_err(|e| AppError::Validation(vec![e]))?;
-    let (user_id, session) = accounts::verify(&state, &token).await?;
+    let (user_id, session) = state.accounts.verify(&token).await?;
     Ok(HttpResponse::Ok()
         .cookie(session_cookie(&state.settings, session.as_str()))
         .json(json!({"status": "verified", "user_id": user_id})))
@@ -121,7 +119,7 @@ async fn login(
         required(body.password, "password").and_then(Password::parse_login),
     )?;
     rate_limit(&req, &state, &email)?;
-    let session = accounts::login(&state, email, password).await?;
+    let session = state.accounts.login(email, password).await?;
     Ok(HttpResponse::Ok()
         .cookie(session_cookie(&state.settings, session.as_str()))
         .json(json!({"status": "signed-in"})))
@@ -130,8 +128,7 @@ async fn login(
 #[tracing::instrument(name = "api.logout", skip_all)]
 async fn logout(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     if let Some(token) = session_token(&req, &state.settings) {
-        let mut conn = state.pool.get().await?;
-        sessions::delete(&mut conn, &token).await?;
+        state.accounts.logout(&token).await?;
     }
     Ok(HttpResponse::NoContent()
         .cookie(removal_cookie(&state.settings))
@@ -141,10 +138,7 @@ async fn logout(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
 #[tracing::instrument(name = "api.me", skip_all)]
 async fn me(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let token = session_token(&req, &state.settings).ok_or(AppError::Unauthorized)?;
-    let mut conn = state.pool.get().await?;
-    let user = sessions::lookup(&mut conn, &token)
-        .await?
-        .ok_or(AppError::Unauthorized)?;
+    let user = state.accounts.me(&token).await?;
     Ok(HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))
         .json(user))

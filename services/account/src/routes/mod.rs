@@ -1,6 +1,8 @@
-//! HTTP routes: the JSON API, the pages, and the operations endpoints.
+//! HTTP routes: the JSON API, the pages, and the operations endpoints, with
+//! what they share: cookies, the client key, the language, the limits.
 
 pub mod api;
+pub mod forms;
 pub mod ops;
 pub mod pages;
 
@@ -11,7 +13,7 @@ use crate::config::Settings;
 use crate::domain::{Email, FieldError};
 use crate::error::AppError;
 use crate::i18n::Lang;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The cookie name: `__Host-` when Secure, which browsers pin to this host and path `/`.
 pub fn cookie_name(settings: &Settings) -> &'static str {

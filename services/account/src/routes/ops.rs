@@ -1,10 +1,9 @@
 //! `/healthz` (the process answers), `/readyz` (database and broker), `/metrics`.
 
 use actix_web::{HttpResponse, web};
-use diesel_async::RunQueryDsl;
 use serde_json::json;
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Registers the operations routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -18,28 +17,10 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let db = async {
-        let mut conn = state.pool.get().await.ok()?;
-        diesel::sql_query("SELECT 1").execute(&mut conn).await.ok()
-    };
-    let db_ok = tokio::time::timeout(std::time::Duration::from_secs(2), db)
-        .await
-        .ok()
-        .flatten()
-        .is_some();
-    let publisher = state.relay.publisher();
-    let broker_ok = publisher.is_connected()
-        || tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            publisher.ensure_connected(),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
-    let body = json!({
-        "database": if db_ok { "ok" } else { "down" },
-        "broker": if broker_ok { "ok" } else { "down" },
-    });
-    if db_ok && broker_ok {
+    let r = state.health.check().await;
+    let word = |ok: bool| if ok { "ok" } else { "down" };
+    let body = json!({"database": word(r.database), "broker": word(r.broker)});
+    if r.ready() {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

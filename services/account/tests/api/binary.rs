@@ -28,19 +28,71 @@ async fn a_bad_variable_stops_the_start_with_one_line_naming_it() {
         ("ACCOUNT_TOKEN_KEYS", "k1:short"),
         ("ACCOUNT_COOKIE_SECURE", "perhaps"),
         ("ACCOUNT_TOKEN_KEYS_FILE", "/nonexistent/keys"),
+        ("ACCOUNT_AMQP_URL", "http://guest:short@broker"),
     ] {
         let out = command().env(var, value).output().await.unwrap();
         assert_eq!(out.status.code(), Some(2), "{var}");
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(stderr.contains(var), "{stderr}");
-        if var == "ACCOUNT_TOKEN_KEYS" {
+        if matches!(var, "ACCOUNT_TOKEN_KEYS" | "ACCOUNT_AMQP_URL") {
             assert!(
                 !stderr.contains("short"),
                 "no secret in the message: {stderr}"
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_lists_the_subcommands_and_every_variable_even_with_a_bad_one_set() {
+    let out = command()
+        .arg("--help")
+        .env("ACCOUNT_TOKEN_TTL", "forever")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8(out.stdout).unwrap();
+    for sub in ["serve", "migrate", "keygen"] {
+        assert!(help.contains(sub), "{sub} in {help}");
+    }
+    let vars = shared::config::variables::<account::config::Cli>();
+    assert!(vars.len() > 20, "{vars:?}");
+    for v in vars {
+        assert!(
+            help.contains(&format!("[env: {}", v.name)),
+            "{} in {help}",
+            v.name
+        );
+        if v.secret {
+            assert!(
+                help.contains(&format!("[env: {}_FILE", v.name)),
+                "{}_FILE",
+                v.name
+            );
+        }
+    }
+    assert!(
+        help.contains("[default: 127.0.0.1:8080]"),
+        "defaults are shown"
+    );
+
+    let out = command().arg("--version").output().await.unwrap();
+    assert!(out.status.success());
+    let version = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        version.trim(),
+        format!("account {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let out = command().arg("frobnicate").output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("frobnicate")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,10 +10,9 @@ use account::token::{KeyRing, generate_key_spec};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use shared::config::Env;
 use shared::{MailSend, Topology};
 use uuid::Uuid;
 
@@ -101,8 +100,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     vars.extend(opts.env);
-    let settings =
-        Settings::from(&Env::from_map("ACCOUNT_", vars.clone())).expect("test settings are valid");
+    let settings = Settings::from_vars(vars.clone()).expect("test settings are valid");
     let topology = settings.topology.clone();
 
     let teardown = Teardown {
@@ -142,17 +140,9 @@ async fn capture(topology: &Topology) -> Capture {
         .await
         .expect("RabbitMQ on 127.0.0.1:5672");
     let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        topology.exchange().as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    shared::topology::declare_exchange(&ch, &topology.exchange())
+        .await
+        .unwrap();
     let q = ch
         .queue_declare(
             "".into(),
@@ -204,6 +194,18 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// A form post as a same-site browser sends it, and the page it answers.
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let res = self
+            .client
+            .post(self.url(path))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
     }
 
     pub async fn signup(&self, email: &str, password: &str) -> reqwest::Response {

@@ -105,16 +105,31 @@ async fn the_form_flow_signs_up_verifies_and_shows_the_me_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn form_errors_render_the_form_again_and_cross_site_posts_are_refused() {
     let app = spawn_app().await;
-    let res = app
-        .client
-        .post(app.url("/signup"))
-        .form(&[("email", "nope"), ("password", "x")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 422);
-    let html = res.text().await.unwrap();
+    let bad = [("email", "nope"), ("password", "x")];
+    let (status, html) = app.post_form("/signup", &bad).await;
+    assert_eq!(status, 422);
     assert!(html.contains("role=\"alert\"") && html.contains("value=\"nope\""));
+    assert!(html.contains("is not a valid e-mail address"), "{html}");
+    assert!(html.contains("must be at least 8 characters"), "{html}");
+
+    // A Korean page says what is wrong in Korean, field names and messages.
+    let (status, html) = app.post_form("/signup?lang=ko", &bad).await;
+    assert_eq!(status, 422);
+    for korean in [
+        "이메일 주소: 올바른 이메일 주소가 아닙니다",
+        "비밀번호: 8자 이상이어야 합니다",
+    ] {
+        assert!(html.contains(korean), "{korean} in {html}");
+    }
+    assert!(
+        !html.contains("is not a valid"),
+        "English on a Korean page: {html}"
+    );
+    let empty = [("email", ""), ("password", "")];
+    let (status, html) = app.post_form("/login?lang=ko", &empty).await;
+    assert_eq!(status, 422);
+    assert!(html.contains("이메일 주소: 입력해 주세요"), "{html}");
+    assert!(!html.contains("is required"), "{html}");
 
     let res = app
         .client

@@ -103,7 +103,8 @@ impl Env {
         .collect()
     }
 
-    /// Starts the mailer binary; waits until its queue exists.
+    /// Starts the mailer binary; waits until it consumes from its queue (the
+    /// queue exists, is bound, and a consumer is on it).
     pub async fn mailer(&self, extra: &[(&str, &str)]) -> Mailer {
         // The CA must exist before the mailer loads its roots.
         if !self.pki().join("ca.pem").exists() {
@@ -128,8 +129,8 @@ impl Env {
         let child = cmd.kill_on_drop(true).spawn().unwrap();
         let broker = Broker::connect().await;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while broker.count(&self.topology.queue()).await.is_none() {
-            assert!(Instant::now() < deadline, "the mailer declared its queue");
+        while broker.consumers(&self.topology.queue()).await.unwrap_or(0) == 0 {
+            assert!(Instant::now() < deadline, "the mailer consumes its queue");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Mailer { child }
@@ -156,9 +157,8 @@ impl Env {
 /// A retry ladder as `MAILER_RETRY_DELAYS` spells it, read by the mailer's
 /// own configuration parser.
 fn ladder(spec: &str) -> Vec<Duration> {
-    let vars = [("MAILER_RETRY_DELAYS".to_owned(), spec.to_owned())];
-    shared::config::Env::from_map("MAILER_", vars)
-        .durations("RETRY_DELAYS", &[])
+    mailer::config::retry_delays(spec)
+        .map(|d| d.0)
         .unwrap_or_default()
 }
 
@@ -230,8 +230,8 @@ impl Broker {
         );
     }
 
-    /// Messages ready in a queue, or None if it does not exist.
-    pub async fn count(&self, queue: &str) -> Option<u32> {
+    /// A queue as the broker sees it, or None if it does not exist.
+    async fn passive(&self, queue: &str) -> Option<lapin::Queue> {
         let ch = self._conn.create_channel().await.ok()?;
         let q = ch
             .queue_declare(
@@ -245,7 +245,17 @@ impl Broker {
             .await
             .ok()?;
         let _ = ch.close(200, "".into()).await;
-        Some(q.message_count())
+        Some(q)
+    }
+
+    /// Messages ready in a queue, or None if it does not exist.
+    pub async fn count(&self, queue: &str) -> Option<u32> {
+        Some(self.passive(queue).await?.message_count())
+    }
+
+    /// Consumers on a queue, or None if it does not exist.
+    pub async fn consumers(&self, queue: &str) -> Option<u32> {
+        Some(self.passive(queue).await?.consumer_count())
     }
 
     /// Takes every message from a queue: (headers as JSON-ish strings, body).

@@ -386,6 +386,97 @@ async fn a_bad_variable_stops_the_start_with_one_line_naming_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_and_version_come_before_the_configuration() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailer"))
+        .env_clear()
+        .env("MAILER_PREFETCH", "0")
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8(out.stdout).unwrap();
+    for sub in ["run", "dead"] {
+        assert!(help.contains(sub), "{sub} in {help}");
+    }
+    let vars = shared::config::variables::<mailer::config::Cli>();
+    assert!(vars.len() > 15, "{vars:?}");
+    for v in vars {
+        assert!(
+            help.contains(&format!("[env: {}", v.name)),
+            "{} in {help}",
+            v.name
+        );
+    }
+    assert!(help.contains("[default: 5s,30s,2m,10m,1h]"), "{help}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailer"))
+        .env_clear()
+        .args(["dead", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("list") && help.contains("requeue"), "{help}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailer"))
+        .env_clear()
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("mailer {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_built_in_process_with_a_stub_outlet_consumes_from_the_broker() {
+    let env = Env::new();
+    let vars = [
+        ("MAILER_BIND", "127.0.0.1:0".to_owned()),
+        ("MAILER_AMQP_URL", AMQP.to_owned()),
+        ("MAILER_AMQP_PREFIX", env.topology.prefix().to_owned()),
+        ("MAILER_RETRY_DELAYS", RETRIES.to_owned()),
+        ("MAILER_FROM", "Account <no-reply@acc.example>".to_owned()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v));
+    let settings = mailer::config::Settings::from_vars(vars).unwrap();
+    let stub = lettre::transport::stub::AsyncStubTransport::new_ok();
+    let app = mailer::startup::Application::build_with(
+        settings,
+        mailer::outlet::Outlet::Stub(stub.clone()),
+    )
+    .await
+    .unwrap();
+    let connected = app.connected();
+    let (stop, rx) = tokio::sync::watch::channel(0u32);
+    let running = tokio::spawn(app.run(rx));
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            connected.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .await
+    );
+    let broker = Broker::connect().await;
+    let event = verify_event(
+        "stub@example.com",
+        "en",
+        "https://acc.example/verify?token=t",
+    );
+    broker.publish(&env.topology, &event.to_vec()).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            stub.messages().await.len() == 1
+        })
+        .await
+    );
+    let _ = stop.send(1);
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the app stops after one request")
+        .unwrap()
+        .unwrap();
+    assert_eq!(broker.count(&env.topology.queue()).await, Some(0), "acked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_smtp_mail_goes_to_a_folder_and_health_endpoints_answer() {
     let env = Env::new();
     let port = free_port();

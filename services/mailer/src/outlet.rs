@@ -1,21 +1,19 @@
-//! Channels that deliver a rendered mail: SMTP (lettre, pooled) or a folder
-//! of .eml files for development. Both answer with the same outcome type.
+//! Outlets: where a built mail goes. SMTP (lettre, pooled), a folder of
+//! .eml files for development, or a stub that keeps mail in memory (unit
+//! tests of the pipeline). All answer with the same outcome type.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lettre::message::header::{ContentType, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::stub::AsyncStubTransport;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
-use shared::MailSend;
 use tokio::sync::Semaphore;
 
 use crate::config::{Outbound, Settings};
-use crate::templates::Rendered;
 
 /// Why a delivery failed, and whether trying again later may help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,7 +69,7 @@ pub fn classify(e: &lettre::transport::smtp::Error) -> DeliveryError {
 
 /// Where mail goes.
 #[derive(Clone)]
-pub enum Channel {
+pub enum Outlet {
     /// lettre's pooled transport. Its own timeout covers only the TCP
     /// connect, so every exchange with the server is also bounded by `timeout`
     /// here: a server that stops answering mid-session must not hold a
@@ -86,6 +84,9 @@ pub enum Channel {
         slots: Arc<Semaphore>,
     },
     Dir(AsyncFileTransport<Tokio1Executor>, PathBuf),
+    /// Keeps every mail in memory and answers as it was made to
+    /// (`AsyncStubTransport::new_ok()` or `new_error()`, a transient failure).
+    Stub(AsyncStubTransport),
 }
 
 /// The error of an SMTP exchange that outlived its time: transient.
@@ -99,8 +100,8 @@ fn timed_out(after: Duration) -> DeliveryError {
     }
 }
 
-impl Channel {
-    /// The channel the settings describe.
+impl Outlet {
+    /// The outlet the settings describe.
     pub fn from_settings(settings: &Settings) -> Result<Self, anyhow::Error> {
         match &settings.outbound {
             Outbound::Dir(dir) => {
@@ -142,6 +143,7 @@ impl Channel {
         match self {
             Self::Smtp { .. } => "smtp",
             Self::Dir(..) => "dir",
+            Self::Stub(_) => "stub",
         }
     }
 
@@ -163,6 +165,7 @@ impl Channel {
                     Err(format!("{} is missing", dir.display()))
                 }
             }
+            Self::Stub(_) => Ok(()),
         }
     }
 
@@ -180,7 +183,7 @@ impl Channel {
                 // Waiting for a free connection is not the server's time.
                 let _slot = slots.acquire().await.map_err(|_| DeliveryError {
                     transient: true,
-                    reason: "the SMTP channel is closed".into(),
+                    reason: "the SMTP outlet is closed".into(),
                 })?;
                 started = Instant::now();
                 // One bound for the whole exchange (connect, TLS, AUTH, MAIL,
@@ -198,6 +201,10 @@ impl Channel {
                     transient: true,
                     reason: format!("cannot write the mail file: {e}"),
                 }),
+            Self::Stub(t) => t.send(message).await.map_err(|e| DeliveryError {
+                transient: true,
+                reason: format!("the stub outlet refused the mail: {e}"),
+            }),
         };
         if result.is_ok() {
             metrics::histogram!("mailer_smtp_seconds", "channel" => self.name())
@@ -207,108 +214,9 @@ impl Channel {
     }
 }
 
-/// Builds the MIME message: multipart/alternative (text, then HTML), a
-/// Message-ID derived from the event id, and `Auto-Submitted: auto-generated`.
-pub fn build_message(
-    mail: &MailSend,
-    rendered: &Rendered,
-    from: &Mailbox,
-) -> Result<Message, DeliveryError> {
-    let permanent = |reason: String| DeliveryError {
-        transient: false,
-        reason,
-    };
-    let to: Mailbox = Mailbox::new(
-        mail.to.name.clone(),
-        mail.to
-            .email
-            .parse()
-            .map_err(|e| permanent(format!("invalid recipient {:?}: {e}", mail.to.email)))?,
-    );
-    let domain = from.email.domain().to_owned();
-    let mut builder = Message::builder()
-        .from(from.clone())
-        .to(to)
-        .subject(rendered.subject.clone())
-        .message_id(Some(format!("<{}@{domain}>", mail.id)));
-    builder = builder.header(AutoSubmitted);
-    let body = if rendered.html.is_empty() {
-        MultiPart::mixed().singlepart(SinglePart::plain(rendered.text.clone()))
-    } else {
-        MultiPart::alternative()
-            .singlepart(
-                SinglePart::builder()
-                    .header(ContentType::TEXT_PLAIN)
-                    .body(rendered.text.clone()),
-            )
-            .singlepart(
-                SinglePart::builder()
-                    .header(ContentType::TEXT_HTML)
-                    .body(rendered.html.clone()),
-            )
-    };
-    builder
-        .multipart(body)
-        .map_err(|e| permanent(format!("cannot build the message: {e}")))
-}
-
-/// `Auto-Submitted: auto-generated` (RFC 3834): tells auto-responders not to answer.
-#[derive(Debug, Clone)]
-struct AutoSubmitted;
-
-impl lettre::message::header::Header for AutoSubmitted {
-    fn name() -> HeaderName {
-        HeaderName::new_from_ascii_str("Auto-Submitted")
-    }
-
-    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(Self)
-    }
-
-    fn display(&self) -> HeaderValue {
-        HeaderValue::new(Self::name(), "auto-generated".to_owned())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::Recipient;
-    use shared::envelope::TEMPLATE_VERIFY_EMAIL;
-
-    #[test]
-    fn messages_carry_both_parts_and_our_headers() {
-        let mail = MailSend::template(
-            "test",
-            Recipient {
-                email: "minsu@example.com".into(),
-                name: Some("김민수".into()),
-            },
-            "ko",
-            TEMPLATE_VERIFY_EMAIL,
-            serde_json::json!({}),
-        );
-        let long_link = format!("https://acc.example/verify?token=v1.k.{}", "A".repeat(300));
-        let rendered = Rendered {
-            subject: "이메일 주소를 확인해 주세요".into(),
-            html: format!("<a href=\"{long_link}\">확인</a>"),
-            text: format!("링크: {long_link}"),
-        };
-        let from: Mailbox = "Account <no-reply@acc.example>".parse().unwrap();
-        let msg = build_message(&mail, &rendered, &from).unwrap();
-        let raw = String::from_utf8(msg.formatted()).unwrap();
-        assert!(
-            raw.contains(&format!("Message-ID: <{}@acc.example>", mail.id)),
-            "{raw}"
-        );
-        assert!(raw.contains("Auto-Submitted: auto-generated"));
-        assert!(raw.contains("multipart/alternative"));
-        assert!(
-            raw.contains("Subject: =?utf-8?"),
-            "non-ASCII subject is encoded: {raw}"
-        );
-        assert!(raw.contains("text/plain") && raw.contains("text/html"));
-    }
 
     #[test]
     fn smtp_failures_split_into_retry_and_dead() {
@@ -337,27 +245,5 @@ mod tests {
         let err = t.test_connection().await.unwrap_err();
         let d = classify(&err);
         assert!(d.transient, "{d:?}");
-    }
-
-    #[test]
-    fn bad_recipients_are_permanent() {
-        let mut mail = MailSend::template(
-            "t",
-            Recipient {
-                email: "a@b.example".into(),
-                name: None,
-            },
-            "en",
-            "x",
-            serde_json::json!({}),
-        );
-        mail.to.email = "not an address".into();
-        let r = Rendered {
-            subject: "s".into(),
-            html: String::new(),
-            text: "t".into(),
-        };
-        let err = build_message(&mail, &r, &"a@b.example".parse().unwrap()).unwrap_err();
-        assert!(!err.transient);
     }
 }

@@ -1,0 +1,144 @@
+//! The pages' view layer: the embedded templates, the security headers every
+//! page carries (a CSP with a fresh script nonce), and how an error or a
+//! form's field errors look on a page, in the page's language.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpResponse, ResponseError};
+use base64::Engine;
+use minijinja::{Environment, Value, context};
+
+use crate::domain::FieldError;
+use crate::error::AppError;
+use crate::i18n::Lang;
+use crate::token::TokenError;
+
+/// The page templates, compiled once.
+pub struct Views {
+    env: Environment<'static>,
+}
+
+impl Default for Views {
+    fn default() -> Self {
+        let mut env = Environment::new();
+        for (name, src) in [
+            ("base.html", include_str!("../templates/base.html")),
+            ("errors.html", include_str!("../templates/errors.html")),
+            ("signup.html", include_str!("../templates/signup.html")),
+            ("notice.html", include_str!("../templates/notice.html")),
+            ("verify.html", include_str!("../templates/verify.html")),
+            ("login.html", include_str!("../templates/login.html")),
+            ("me.html", include_str!("../templates/me.html")),
+        ] {
+            env.add_template(name, src)
+                .expect("embedded templates parse");
+        }
+        Self { env }
+    }
+}
+
+/// One translated string of `lang`.
+pub fn text(lang: Lang, key: &str) -> &'static str {
+    lang.strings()
+        .get(key)
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+}
+
+impl Views {
+    /// Renders a page with a fresh CSP nonce.
+    pub fn render(&self, status: StatusCode, name: &str, lang: Lang, ctx: Value) -> HttpResponse {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).expect("the OS random source works");
+        let nonce = base64::engine::general_purpose::STANDARD.encode(nonce);
+        let ctx = context! { t => Value::from(minijinja::value::Serde(lang.strings())), nonce => &nonce, ..ctx };
+        let html = match self.env.get_template(name).and_then(|t| t.render(ctx)) {
+            Ok(html) => html,
+            Err(e) => {
+                tracing::error!(error = %e, template = name, "page rendering failed");
+                return HttpResponse::InternalServerError().finish();
+            }
+        };
+        HttpResponse::build(status)
+            .content_type("text/html; charset=utf-8")
+            .insert_header((header::CONTENT_LANGUAGE, lang.tag()))
+            .insert_header(("cache-control", "no-store"))
+            .insert_header(("x-frame-options", "DENY"))
+            .insert_header(("x-content-type-options", "nosniff"))
+            // same-origin: the verify page's URL holds the token, so no Referer
+            // ever leaves the site; "no-referrer" would also make browsers send
+            // `Origin: null` on our own form posts.
+            .insert_header(("referrer-policy", "same-origin"))
+            .insert_header((
+                "content-security-policy",
+                format!(
+                    "default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'; \
+                     form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+                ),
+            ))
+            .body(html)
+    }
+
+    /// A short page with a title and a sentence (and, in `ctx`, the forms it offers).
+    pub fn notice(
+        &self,
+        status: StatusCode,
+        lang: Lang,
+        title: &str,
+        body: &str,
+        ctx: Value,
+    ) -> HttpResponse {
+        let ctx = context! { title => text(lang, title), body => text(lang, body), ..ctx };
+        self.render(status, "notice.html", lang, ctx)
+    }
+
+    /// A form page again, with its field errors in the page's language and
+    /// what the person typed (never the password).
+    pub fn form_errors(
+        &self,
+        name: &str,
+        lang: Lang,
+        errors: &[FieldError],
+        ctx: Value,
+    ) -> HttpResponse {
+        let errors: Vec<Value> = errors
+            .iter()
+            .map(|e| context! { field => e.field, message => text(lang, e.key) })
+            .collect();
+        self.render(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            name,
+            lang,
+            context! { errors, ..ctx },
+        )
+    }
+
+    /// An error as a page in the user's language.
+    pub fn error_page(&self, lang: Lang, err: AppError) -> HttpResponse {
+        err.log();
+        let (title, body, ctx) = match &err {
+            AppError::Token(TokenError::Expired(claims)) => (
+                "expired_link_title",
+                "expired_link_body",
+                context! { resend_email => claims.email.clone() },
+            ),
+            AppError::Token(_) => (
+                "invalid_link_title",
+                "invalid_link_body",
+                context! { show_resend_form => true },
+            ),
+            AppError::TokenUsed { .. } => (
+                "used_link_title",
+                "used_link_body",
+                context! { show_login => true, show_resend_form => true },
+            ),
+            AppError::RateLimited(_) => ("error_title", "rate_limited", context! {}),
+            _ => ("error_title", "error_body", context! {}),
+        };
+        let mut res = self.notice(err.status_code(), lang, title, body, ctx);
+        if let Some(secs) = err.retry_after() {
+            res.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        res
+    }
+}

@@ -1,0 +1,198 @@
+//! Where a failed message goes next: the retry ladder (a copy in
+//! `<prefix>.mailer.retry.<delay>` with the attempt count raised) or the
+//! dead-letter queue (a copy with the reason in headers). The copy is
+//! published with confirms and `mandatory` before the original is acked, so
+//! a message is never in neither place.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use shared::Topology;
+
+use crate::outlet::DeliveryError;
+
+/// Header: how many times delivery was tried before this copy.
+pub const ATTEMPT: &str = "x-attempt";
+/// Header: the error of the last attempt.
+pub const LAST_ERROR: &str = "x-last-error";
+/// Header on dead letters: why the message was given up.
+pub const DEAD_REASON: &str = "x-dead-reason";
+/// Header on dead letters: when (RFC 3339).
+pub const DEAD_AT: &str = "x-dead-at";
+
+/// What to do with a failed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Publish to the retry queue of this delay, with the attempt count raised.
+    Retry(Duration),
+    /// Publish to the dead-letter queue with this reason.
+    Dead(String),
+}
+
+/// The retry ladder: transient failures climb it, permanent ones and the last rung go dead.
+pub fn next_step(attempt: u32, err: &DeliveryError, delays: &[Duration]) -> Step {
+    if !err.transient {
+        return Step::Dead(format!("permanent: {}", err.reason));
+    }
+    match delays.get(attempt as usize) {
+        Some(d) => Step::Retry(*d),
+        None => Step::Dead(format!(
+            "retries exhausted after {} attempts: {}",
+            attempt + 1,
+            err.reason
+        )),
+    }
+}
+
+/// The attempt count a delivery carries.
+pub fn attempt_of(props: &BasicProperties) -> u32 {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(ATTEMPT))
+        .and_then(|v| match v {
+            AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::LongUInt(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// The headers of the copy that takes `step` after `attempt` failed with `error`.
+pub fn headers_for(
+    original: &BasicProperties,
+    attempt: u32,
+    error: &DeliveryError,
+    step: &Step,
+) -> FieldTable {
+    let mut headers = original.headers().clone().unwrap_or_default();
+    headers.insert(ATTEMPT.into(), AMQPValue::LongInt((attempt + 1) as i32));
+    headers.insert(
+        LAST_ERROR.into(),
+        AMQPValue::LongString(LongString::from(truncate(&error.reason, 1000))),
+    );
+    if let Step::Dead(reason) = step {
+        headers.insert(
+            DEAD_REASON.into(),
+            AMQPValue::LongString(LongString::from(truncate(reason, 1000))),
+        );
+        headers.insert(
+            DEAD_AT.into(),
+            AMQPValue::LongString(LongString::from(chrono::Utc::now().to_rfc3339())),
+        );
+    }
+    headers
+}
+
+/// Publishes the copy of `delivery` that takes `step`, and waits for the
+/// broker to confirm it landed in its queue.
+pub async fn route(
+    topology: &Topology,
+    publish: &lapin::Channel,
+    delivery: &Delivery,
+    attempt: u32,
+    error: &DeliveryError,
+    step: &Step,
+) -> Result<(), anyhow::Error> {
+    let queue = match step {
+        Step::Retry(delay) => topology.retry_queue(*delay),
+        Step::Dead(_) => topology.dead_queue(),
+    };
+    let props = delivery
+        .properties
+        .clone()
+        .with_headers(headers_for(&delivery.properties, attempt, error, step))
+        .with_delivery_mode(2);
+    let confirm = publish
+        .basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &delivery.data,
+            props,
+        )
+        .await?
+        .await?;
+    if !confirm.is_ack() || confirm.take_message().is_some() {
+        anyhow::bail!("the broker did not take the message into {queue}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(transient: bool) -> DeliveryError {
+        DeliveryError {
+            transient,
+            reason: "x".into(),
+        }
+    }
+
+    #[test]
+    fn the_retry_ladder() {
+        let delays = [Duration::from_secs(5), Duration::from_secs(30)];
+        assert_eq!(
+            next_step(0, &err(true), &delays),
+            Step::Retry(Duration::from_secs(5))
+        );
+        assert_eq!(
+            next_step(1, &err(true), &delays),
+            Step::Retry(Duration::from_secs(30))
+        );
+        assert!(
+            matches!(next_step(2, &err(true), &delays), Step::Dead(r) if r.starts_with("retries exhausted after 3"))
+        );
+        assert!(
+            matches!(next_step(0, &err(false), &delays), Step::Dead(r) if r.starts_with("permanent"))
+        );
+    }
+
+    #[test]
+    fn attempts_are_read_from_headers() {
+        assert_eq!(attempt_of(&BasicProperties::default()), 0);
+        let mut h = FieldTable::default();
+        h.insert(ATTEMPT.into(), AMQPValue::LongInt(3));
+        assert_eq!(attempt_of(&BasicProperties::default().with_headers(h)), 3);
+    }
+
+    #[test]
+    fn copies_carry_the_attempt_and_dead_letters_their_reason() {
+        let mut h = FieldTable::default();
+        h.insert("x-keep".into(), AMQPValue::LongInt(7));
+        let original = BasicProperties::default().with_headers(h);
+        let retry = headers_for(
+            &original,
+            1,
+            &err(true),
+            &Step::Retry(Duration::from_secs(5)),
+        );
+        assert_eq!(retry.inner().get(ATTEMPT), Some(&AMQPValue::LongInt(2)));
+        assert!(retry.inner().contains_key("x-keep"));
+        assert!(!retry.inner().contains_key(DEAD_REASON));
+        let dead = headers_for(
+            &original,
+            0,
+            &err(false),
+            &Step::Dead("permanent: x".into()),
+        );
+        assert_eq!(
+            dead.inner().get(DEAD_REASON),
+            Some(&AMQPValue::LongString("permanent: x".into()))
+        );
+        assert!(dead.inner().contains_key(DEAD_AT) && dead.inner().contains_key(LAST_ERROR));
+    }
+}
