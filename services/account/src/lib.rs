@@ -8,6 +8,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod i18n;
+pub mod metrics;
 pub mod outbox;
 pub mod password;
 pub mod ratelimit;

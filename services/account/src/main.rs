@@ -45,6 +45,7 @@ async fn main() {
 
 async fn serve(settings: Settings) -> Result<(), anyhow::Error> {
     let public = settings.public_url.clone();
+    account::metrics::describe();
     let app = Application::build(settings).await?;
     tracing::info!(
         port = app.port(),

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dedupe;
 pub mod delivery;
 pub mod http;
+pub mod metrics;
 pub mod templates;
 pub mod worker;
 

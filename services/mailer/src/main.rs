@@ -55,6 +55,7 @@ async fn run(settings: Settings) -> Result<(), anyhow::Error> {
         ])?
         .install_recorder()?;
     let worker = Worker::new(settings.clone())?;
+    mailer::metrics::describe(&worker);
     match worker.channel.check().await {
         Ok(()) => tracing::info!(
             channel = worker.channel.name(),
