@@ -13,6 +13,7 @@ use crate::token::KeyRing;
 /// The docker-compose check and the docs use this list.
 pub const ENV_VARS: &[&str] = &[
     "ACCOUNT_BIND",
+    "ACCOUNT_ADMIN_BIND",
     "ACCOUNT_PUBLIC_URL",
     "ACCOUNT_DATABASE_URL",
     "ACCOUNT_DATABASE_PASSWORD",
