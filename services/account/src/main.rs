@@ -40,6 +40,7 @@ async fn serve(settings: account::config::Settings) -> Result<(), anyhow::Error>
     let app = Application::build(settings).await?;
     tracing::info!(
         port = app.port(),
+        admin_port = app.admin_port(),
         signup = %format!("{}signup", public),
         "account service listening"
     );

@@ -37,10 +37,12 @@ pub fn metrics_handle() -> PrometheusHandle {
     ])
 }
 
-/// A running service: the HTTP server plus the outbox relay.
+/// A running service: the public and admin HTTP servers plus the outbox relay.
 pub struct Application {
     port: u16,
+    admin_port: u16,
     server: actix_web::dev::Server,
+    admin: actix_web::dev::Server,
     relay_task: JoinHandle<()>,
     housekeeping: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
@@ -101,30 +103,56 @@ impl Application {
         let listener = TcpListener::bind(&settings.bind)
             .map_err(|e| anyhow::anyhow!("cannot listen on ACCOUNT_BIND={}: {e}", settings.bind))?;
         let port = listener.local_addr()?.port();
+        let admin_listener = TcpListener::bind(&settings.admin_bind).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on ACCOUNT_ADMIN_BIND={}: {e}",
+                settings.admin_bind
+            )
+        })?;
+        let admin_port = admin_listener.local_addr()?.port();
         let hasher = Hasher::new(settings.argon2, settings.hash_concurrency());
         let state = web::Data::new(AppState {
             accounts: Accounts::new(pool.clone(), hasher, keys, relay.clone(), settings.clone()),
             limits: limits.clone(),
             views: Views::default(),
             health: Health::new(pool.clone(), publisher),
-            metrics: metrics_handle(),
+            metrics: {
+                let handle = metrics_handle();
+                crate::metrics::describe();
+                handle
+            },
             settings: settings.clone(),
         });
 
+        let public_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(state.clone())
+                .app_data(public_state.clone())
                 .app_data(json_config())
                 .app_data(form_config())
                 .wrap(from_fn(telemetry::observe))
                 .configure(api::configure)
                 .configure(pages::configure)
-                .configure(ops::configure)
-                .default_service(web::to(|| async { AppError::NotFound.error_response() }))
+                .configure(ops::probes)
+                .default_service(web::to(not_found))
         })
         .workers(settings.workers())
         .shutdown_timeout(30)
         .listen(listener)?
+        .run();
+        // The admin listener: one worker, its own signals off (the public
+        // server's handle stops it).
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(telemetry::observe))
+                .configure(ops::admin)
+                .default_service(web::to(not_found))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(admin_listener)?
         .run();
 
         let (shutdown, rx) = watch::channel(false);
@@ -132,7 +160,9 @@ impl Application {
         let housekeeping = tokio::spawn(housekeeping(pool, limits, settings.outbox_retention, rx));
         Ok(Self {
             port,
+            admin_port,
             server,
+            admin,
             relay_task,
             housekeeping,
             shutdown,
@@ -144,6 +174,11 @@ impl Application {
         self.port
     }
 
+    /// The admin listener's port (`/metrics`, probes).
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
     /// A handle that stops the server gracefully.
     pub fn handle(&self) -> actix_web::dev::ServerHandle {
         self.server.handle()
@@ -151,7 +186,11 @@ impl Application {
 
     /// Serves until SIGINT/SIGTERM (or the handle stops it), then stops the relay after its batch.
     pub async fn run_until_stopped(self) -> Result<(), anyhow::Error> {
+        let admin = self.admin.handle();
+        let admin_task = tokio::spawn(self.admin);
         let served = self.server.await;
+        admin.stop(true).await;
+        let _ = admin_task.await;
         let _ = self.shutdown.send(true);
         let _ = self.relay_task.await;
         let _ = self.housekeeping.await;
@@ -192,6 +231,10 @@ async fn housekeeping(
             Err(e) => tracing::warn!(error = %e, "could not purge the outbox"),
         }
     }
+}
+
+async fn not_found() -> actix_web::HttpResponse {
+    AppError::NotFound.error_response()
 }
 
 fn json_config() -> web::JsonConfig {

@@ -12,6 +12,7 @@ pub mod consumer;
 pub mod dedupe;
 pub mod http;
 pub mod message;
+pub mod metrics;
 pub mod outlet;
 pub mod pipeline;
 pub mod routing;

@@ -61,8 +61,10 @@ impl Application {
         }
         let settings = Arc::new(settings);
         let consumer = Consumer::new(settings.clone(), pipeline);
+        let metrics = metrics_handle();
+        crate::metrics::describe(&consumer.pipeline.templates, &consumer.connected);
         let (server, port) =
-            crate::http::serve(&settings.bind, consumer.connected.clone(), metrics_handle())?;
+            crate::http::serve(&settings.bind, consumer.connected.clone(), metrics)?;
         tracing::info!(port, "health and metrics listening");
         Ok(Self {
             port,

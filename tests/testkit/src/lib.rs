@@ -37,6 +37,50 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// A command-line tool that `scripts/test` installs into the test virtualenv
+/// from PyPI (tests/support/requirements.txt: docker-compose, hadolint,
+/// kubernetes-validate), beside [`python`].
+pub fn venv_tool(name: &str) -> PathBuf {
+    let p = python().with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test (or source scripts/test-deps.sh)",
+        p.display()
+    );
+    p
+}
+
+/// target/<profile>/, where cargo put the service binaries (beside the
+/// running test's deps/ folder).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_owned()
+}
+
+/// A service binary (`account`, `mailer`), built first: `cargo test -p e2e`
+/// alone does not build other packages' binaries, and a stale one would test
+/// old code. A no-op when they are fresh. `--workspace --all-targets`
+/// resolves features as `cargo nextest run --workspace` does, so after the
+/// test build it finds the binaries fresh; `--bin account --bin mailer` alone
+/// resolved them differently and built a second copy of every service crate.
+pub fn service_binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--workspace", "--all-targets"])
+            .current_dir(root());
+        if bin_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        assert!(
+            cmd.status().unwrap().success(),
+            "building the service binaries"
+        );
+    });
+    bin_dir().join(name)
+}
+
 /// A TCP port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

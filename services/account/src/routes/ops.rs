@@ -1,15 +1,22 @@
-//! `/healthz` (the process answers), `/readyz` (database and broker), `/metrics`.
+//! `/healthz` (the process answers), `/readyz` (database and broker), and,
+//! on the admin listener only, `/metrics`.
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::state::AppState;
 
-/// Registers the operations routes.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Registers the probes: on the public listener (load balancers) and on the admin one.
+pub fn probes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/readyz", web::get().to(readyz));
+}
+
+/// Registers the admin listener's routes: the probes and `/metrics`, whose
+/// labels (sign-up outcomes, routes) are for operators, not the internet.
+pub fn admin(cfg: &mut web::ServiceConfig) {
+    probes(cfg);
+    cfg.route("/metrics", web::get().to(metrics));
 }
 
 async fn healthz() -> HttpResponse {

@@ -153,6 +153,7 @@ async fn logs_never_hold_a_password_token_or_session_and_sigterm_exits_cleanly()
     let port = testkit::free_port();
     let mut child = command()
         .env("ACCOUNT_BIND", format!("127.0.0.1:{port}"))
+        .env("ACCOUNT_ADMIN_BIND", "127.0.0.1:0")
         .env("ACCOUNT_DATABASE_URL", format!("{PG}/{db}"))
         .env("ACCOUNT_AMQP_PREFIX", &prefix)
         .env("ACCOUNT_COOKIE_SECURE", "false")

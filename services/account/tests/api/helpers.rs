@@ -27,6 +27,8 @@ pub struct Captured {
 
 pub struct TestApp {
     pub base: String,
+    /// The admin listener (`/metrics`, probes).
+    pub admin: String,
     pub db_name: String,
     pub topology: Topology,
     pub key_spec: String,
@@ -84,6 +86,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     );
     let mut vars: HashMap<String, String> = [
         ("ACCOUNT_BIND", "127.0.0.1:0".to_owned()),
+        ("ACCOUNT_ADMIN_BIND", "127.0.0.1:0".to_owned()),
         ("ACCOUNT_DATABASE_URL", format!("{PG}/{db_name}")),
         ("ACCOUNT_AMQP_URL", AMQP.to_owned()),
         ("ACCOUNT_AMQP_PREFIX", prefix.clone()),
@@ -116,6 +119,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     };
     let app = Application::build(settings).await.expect("the app starts");
     let port = app.port();
+    let admin = format!("http://127.0.0.1:{}", app.admin_port());
     tokio::spawn(app.run_until_stopped());
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
@@ -125,6 +129,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         .unwrap();
     TestApp {
         base,
+        admin,
         db_name,
         topology,
         key_spec,

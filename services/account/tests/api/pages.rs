@@ -164,33 +164,28 @@ async fn form_errors_render_the_form_again_and_cross_site_posts_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_readiness_and_metrics() {
+async fn health_readiness_on_both_listeners_and_metrics_only_on_the_admin_one() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 200);
-    let body: Value = ready.json().await.unwrap();
-    assert_eq!(body, serde_json::json!({"database": "ok", "broker": "ok"}));
+    for base in [&app.base, &app.admin] {
+        let get = |path: &str| app.client.get(format!("{base}{path}")).send();
+        assert_eq!(get("/healthz").await.unwrap().status(), 200, "{base}");
+        let ready = get("/readyz").await.unwrap();
+        assert_eq!(ready.status(), 200);
+        let body: Value = ready.json().await.unwrap();
+        assert_eq!(body, serde_json::json!({"database": "ok", "broker": "ok"}));
+    }
+    // The public port answers like any unknown path: the metric labels
+    // (created/exists/renewed) would tell who has an account.
+    let public = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), 404);
+    assert_eq!(public.headers()["content-type"], "application/problem+json");
+    // Nor does the admin listener serve the API or the pages.
+    let admin = |path: &str| app.client.get(format!("{}{path}", app.admin)).send();
+    assert_eq!(admin("/signup").await.unwrap().status(), 404);
 
     app.signup("metrics@example.com", "password-123").await;
     app.verify_api("garbage").await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = admin("/metrics").await.unwrap().text().await.unwrap();
     for needle in [
         "http_requests_total{method=\"POST\",route=\"/api/v1/signup\",status=\"202\"}",
         "http_request_duration_seconds_bucket",
