@@ -14,6 +14,9 @@ pub fn init(json: bool, default_filter: &str) {
                 .parse()
                 .expect("static directive"),
         )
+        // tokio-postgres logs every statement's parameters at debug level:
+        // password hashes, session hashes, mail payloads with their links.
+        .add_directive("tokio_postgres=info".parse().expect("static directive"))
         // lettre logs every byte it writes at debug level: the AUTH line
         // (the SMTP password in base64) and the whole mail with its link.
         // Capped here so even RUST_LOG=debug never prints them.

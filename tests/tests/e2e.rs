@@ -3,11 +3,11 @@
 //! STARTTLS and AUTH as the mail server, and Debian's headless chromium
 //! clicking the link. Screenshots land in tests/artifacts/.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use shared::Topology;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
@@ -141,19 +141,12 @@ fn link_in(html: &str) -> String {
     html[start..end].replace("&amp;", "&")
 }
 
-struct Browser {
-    url: String,
-    lang: String,
-    text: String,
-    cookies: Vec<Value>,
-}
-
-fn open_in_chromium(url: &str, screenshot: &Path, accept_language: &str) -> Browser {
+/// Runs a flow of tests/browser/flows.mjs in headless chromium; its JSON.
+fn browser_flow(flow: &str, args: &[&str]) -> Value {
     let out = std::process::Command::new("node")
-        .arg(root().join("tests/browser/verify-link.mjs"))
-        .arg(url)
-        .arg(screenshot)
-        .arg(accept_language)
+        .arg(root().join("tests/browser/flows.mjs"))
+        .arg(flow)
+        .args(args)
         .output()
         .expect("node runs");
     assert!(
@@ -161,13 +154,7 @@ fn open_in_chromium(url: &str, screenshot: &Path, accept_language: &str) -> Brow
         "the browser run failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
-    Browser {
-        url: v["url"].as_str().unwrap().to_owned(),
-        lang: v["lang"].as_str().unwrap_or("").to_owned(),
-        text: v["text"].as_str().unwrap().to_owned(),
-        cookies: v["cookies"].as_array().unwrap().clone(),
-    }
+    serde_json::from_slice(out.stdout.trim_ascii()).unwrap()
 }
 
 fn artifact(name: &str) -> PathBuf {
@@ -184,22 +171,29 @@ async fn signup_click_and_land_signed_in(
 ) {
     let system = System::start().await;
     let email = format!("e2e-{lang}-{}@example.com", Uuid::new_v4().simple());
-    let res = reqwest::Client::new()
-        .post(format!("{}/api/v1/signup", system.account_url))
-        .header("accept-language", accept_language)
-        .json(&json!({"email": email, "password": "a good long password"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
+    let shot = artifact(&format!("e2e-{lang}-me.png"));
+    let _ = std::fs::remove_file(&shot);
+    let inbox = system.dir.join("inbox");
+    // Sign up in the browser, then open the mailed link in that browser.
+    let page = browser_flow(
+        "signup-click",
+        &[
+            &system.account_url,
+            inbox.to_str().unwrap(),
+            &email,
+            accept_language,
+            shot.to_str().unwrap(),
+        ],
+    );
 
     let mail = system.mail_to(&email).await;
     assert_eq!(mail["subject"], subject);
     assert_eq!(mail["tls"], true);
     assert_eq!(mail["auth_login"], SMTP_USER);
     let link = link_in(mail["html"].as_str().unwrap());
+    assert_eq!(page["link"], link.as_str());
     assert!(
-        link.starts_with(&format!("{}/verify?token=v1.", system.account_url)),
+        link.starts_with(&format!("{}/verify?token=v2.", system.account_url)),
         "{link}"
     );
     assert!(
@@ -207,19 +201,18 @@ async fn signup_click_and_land_signed_in(
         "the same link in the text part"
     );
 
-    let shot = artifact(&format!("e2e-{lang}-me.png"));
-    let _ = std::fs::remove_file(&shot);
-    let page = open_in_chromium(&link, &shot, accept_language);
+    let url = page["url"].as_str().unwrap();
     assert!(
-        page.url.starts_with(&format!("{}/me", system.account_url)),
-        "ended on {}",
-        page.url
+        url.starts_with(&format!("{}/me", system.account_url)),
+        "ended on {url}"
     );
-    assert_eq!(page.lang, lang);
-    assert!(page.text.contains(me_title), "{}", page.text);
-    assert!(page.text.contains(&email), "{}", page.text);
-    let session = page
-        .cookies
+    assert_eq!(page["lang"], lang);
+    let text = page["text"].as_str().unwrap();
+    assert!(text.contains(me_title), "{text}");
+    assert!(text.contains(&email), "{text}");
+    let session = page["cookies"]
+        .as_array()
+        .unwrap()
         .iter()
         .find(|c| c["name"] == "session")
         .expect("a session cookie");
@@ -229,6 +222,74 @@ async fn signup_click_and_land_signed_in(
         std::fs::metadata(&shot).unwrap().len() > 1000,
         "a screenshot was kept"
     );
+}
+
+/// Login CSRF through the verification link, in real browsers: another
+/// profile that opens a link is not signed in without a click, and a
+/// browser signed in as A that opens B's link stays A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_signs_in_only_the_browser_that_signed_up_and_never_swaps_an_account() {
+    let system = System::start().await;
+    let id = Uuid::new_v4().simple().to_string();
+    let (a, b) = (format!("a-{id}@example.com"), format!("b-{id}@example.com"));
+    let dir = root().join("tests/artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let inbox = system.dir.join("inbox");
+    let r = browser_flow(
+        "login-csrf",
+        &[
+            &system.account_url,
+            inbox.to_str().unwrap(),
+            &a,
+            &b,
+            dir.to_str().unwrap(),
+        ],
+    );
+    let other = &r["other"];
+    assert!(
+        other["url"].as_str().unwrap().contains("/verify?token="),
+        "the other profile stays on the link's page: {other}"
+    );
+    assert!(other["session"].is_null(), "and holds no session: {other}");
+    let text = other["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("Verify and sign in as {a}")),
+        "{text}"
+    );
+
+    assert_eq!(
+        r["aMe"],
+        a.as_str(),
+        "A's own link signed A in without a click"
+    );
+    let before = r["beforeClick"]["text"].as_str().unwrap();
+    assert!(
+        r["beforeClick"]["url"]
+            .as_str()
+            .unwrap()
+            .contains("/verify?token="),
+        "B's link did not submit itself in A's browser"
+    );
+    assert!(
+        before.contains(&format!("Verify and sign in as {b}")),
+        "{before}"
+    );
+    let after = r["afterClick"]["text"].as_str().unwrap();
+    assert!(
+        after.contains("Address confirmed") && after.contains(&a),
+        "{after}"
+    );
+    assert_eq!(
+        r["stillMe"],
+        a.as_str(),
+        "A's browser is still signed in as A"
+    );
+    for shot in [
+        "e2e-other-browser-verify.png",
+        "e2e-signed-in-opens-other-link.png",
+    ] {
+        assert!(std::fs::metadata(dir.join(shot)).unwrap().len() > 1000);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,20 +15,44 @@ use crate::domain::{Email, Password};
 use crate::i18n::Lang;
 use crate::mails::Mails;
 use crate::outbox::{self, Relay};
-use crate::password::{HashError, Hasher};
+use crate::password::{HashError, Hasher, StillThere};
 use crate::schema::users;
 use crate::sessions::{self, SessionToken, SessionUser};
-use crate::token::{self, KeyRing, TokenError};
+use crate::token::{self, BINDING_LEN, Claims, KeyRing, TokenError};
+
+/// The browser an operation runs for: its session cookie, its user agent
+/// (kept with a new session, to show the person), and whether its client
+/// is still connected (work for a client that left is skipped).
+#[derive(Clone, Default)]
+pub struct Client {
+    pub session: Option<String>,
+    pub user_agent: Option<String>,
+    pub still_there: Option<StillThere>,
+}
+
+/// What a verification did.
+#[derive(Debug)]
+pub struct Verified {
+    pub user_id: Uuid,
+    /// The address now verified.
+    pub email: String,
+    /// The new session, unless the browser was signed in as someone else.
+    pub session: Option<SessionToken>,
+    /// The address of the other user this browser stays signed in as.
+    pub kept_session_of: Option<String>,
+}
 
 /// Why an account operation did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
     #[error("invalid e-mail address or password")]
     BadCredentials,
-    #[error("the e-mail address is not verified yet")]
-    NotVerified,
     #[error("not signed in")]
     NoSession,
+    #[error("too much password work queued")]
+    Busy(std::time::Duration),
+    #[error("the client left before the work started")]
+    Abandoned,
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error("the link was already used or replaced by a newer one")]
@@ -55,7 +79,11 @@ impl From<deadpool::managed::PoolError<diesel_async::pooled_connection::PoolErro
 
 impl From<HashError> for AccountError {
     fn from(e: HashError) -> Self {
-        Self::Internal(e.into())
+        match e {
+            HashError::Busy(wait) => Self::Busy(wait),
+            HashError::Abandoned => Self::Abandoned,
+            e @ HashError::Failed(_) => Self::Internal(e.into()),
+        }
     }
 }
 
@@ -64,8 +92,9 @@ impl AccountError {
     pub fn label(&self) -> &'static str {
         match self {
             Self::BadCredentials => "bad-credentials",
-            Self::NotVerified => "not-verified",
             Self::NoSession => "no-session",
+            Self::Busy(_) => "busy",
+            Self::Abandoned => "abandoned",
             Self::Token(TokenError::Expired(_)) => "token-expired",
             Self::Token(_) => "token-invalid",
             Self::TokenUsed { .. } => "token-used",
@@ -101,6 +130,7 @@ struct UserState {
     email: String,
     email_key: String,
     password_hash: String,
+    locale: String,
     verified_at: Option<DateTime<Utc>>,
     verify_epoch: i32,
     verification_sent_at: Option<DateTime<Utc>>,
@@ -137,16 +167,22 @@ impl Accounts {
         }
     }
 
-    /// Registers an address, or mails the owner of an existing one. The caller answers 202 either way.
+    /// Registers an address, or mails the owner of an existing one. The
+    /// caller answers 202 either way. The link is bound to `binding`.
     pub async fn signup(
         &self,
         email: Email,
         password: Password,
         lang: Lang,
+        binding: Option<[u8; BINDING_LEN]>,
+        client: &Client,
     ) -> Result<SignupOutcome, AccountError> {
         // Hash before taking a connection: the pool is not held during the slow part,
         // and existing and new addresses cost the same.
-        let hash = self.hasher.hash(password).await?;
+        let hash = self
+            .hasher
+            .hash(password, client.still_there.clone())
+            .await?;
         let mut conn = self.pool.get().await?;
         let key = email.key();
         let mails = &self.mails;
@@ -167,16 +203,17 @@ impl Accounts {
                     .execute(conn)
                     .await?;
                 if inserted == 1 {
-                    let mail = mails.verification(new_id, email.as_str(), 0, lang);
+                    let mail = mails.verification(new_id, email.as_str(), 0, lang, binding);
                     outbox::enqueue(conn, &mail).await?;
                     return Ok(SignupOutcome::Created);
                 }
-                let user: UserState = users::table
-                    .filter(users::email_key.eq(&key))
-                    .for_update()
-                    .select(UserState::as_select())
-                    .first(conn)
-                    .await?;
+                let user = Self::lock_by_key(conn, &key).await?;
+                let Some(user) = user else {
+                    // Deleted between the insert and the read: the next try inserts.
+                    return Err(AccountError::Unavailable(anyhow::anyhow!(
+                        "the address changed hands during the sign-up"
+                    )));
+                };
                 if user.verified_at.is_some() {
                     outbox::enqueue(conn, &mails.account_exists(&user.email, lang)).await?;
                     return Ok(SignupOutcome::AlreadyVerified);
@@ -195,7 +232,7 @@ impl Accounts {
                     ))
                     .execute(conn)
                     .await?;
-                let mail = mails.verification(user.id, &user.email, epoch, lang);
+                let mail = mails.verification(user.id, &user.email, epoch, lang, binding);
                 outbox::enqueue(conn, &mail).await?;
                 Ok(SignupOutcome::Renewed)
             })
@@ -205,23 +242,46 @@ impl Accounts {
         Ok(outcome)
     }
 
+    /// The user with `key`, locked for the transaction.
+    async fn lock_by_key(
+        conn: &mut diesel_async::AsyncPgConnection,
+        key: &str,
+    ) -> Result<Option<UserState>, AccountError> {
+        Ok(users::table
+            .filter(users::email_key.eq(key))
+            .for_update()
+            .select(UserState::as_select())
+            .first(conn)
+            .await
+            .optional()?)
+    }
+
     /// Sends a fresh verification link to an unverified address, at most once per cooldown.
     /// Returns whether a mail was queued; the caller answers 202 either way.
-    pub async fn resend(&self, email: Email, lang: Lang) -> Result<bool, AccountError> {
+    pub async fn resend(
+        &self,
+        email: Email,
+        lang: Lang,
+        binding: Option<[u8; BINDING_LEN]>,
+    ) -> Result<bool, AccountError> {
+        self.resend_key(&email.key(), Some(lang), binding).await
+    }
+
+    /// The resend behind [`Self::resend`] and a login with an unverified
+    /// address; `lang` `None` mails in the account's own language.
+    async fn resend_key(
+        &self,
+        key: &str,
+        lang: Option<Lang>,
+        binding: Option<[u8; BINDING_LEN]>,
+    ) -> Result<bool, AccountError> {
         let mut conn = self.pool.get().await?;
-        let key = email.key();
         let cooldown =
             chrono::Duration::from_std(self.settings.resend_cooldown).unwrap_or_default();
         let mails = &self.mails;
         let sent = conn
             .transaction::<_, AccountError, _>(async |conn| {
-                let user: Option<UserState> = users::table
-                    .filter(users::email_key.eq(&key))
-                    .for_update()
-                    .select(UserState::as_select())
-                    .first(conn)
-                    .await
-                    .optional()?;
+                let user = Self::lock_by_key(conn, key).await?;
                 let Some(user) = user.filter(|u| u.verified_at.is_none()) else {
                     return Ok(false);
                 };
@@ -236,7 +296,11 @@ impl Accounts {
                     .set(users::verification_sent_at.eq(now))
                     .execute(conn)
                     .await?;
-                let mail = mails.verification(user.id, &user.email, user.verify_epoch, lang);
+                let lang = lang
+                    .or_else(|| Lang::from_tag(&user.locale))
+                    .unwrap_or(self.settings.default_locale);
+                let mail =
+                    mails.verification(user.id, &user.email, user.verify_epoch, lang, binding);
                 outbox::enqueue(conn, &mail).await?;
                 Ok(true)
             })
@@ -249,9 +313,35 @@ impl Accounts {
         Ok(sent)
     }
 
-    /// Consumes a verification token: marks the address verified and opens a session.
-    pub async fn verify(&self, token: &str) -> Result<(Uuid, SessionToken), AccountError> {
-        let result = self.verify_inner(token).await;
+    /// Opens a verification link and checks it is still the live one,
+    /// changing nothing (what a page shows before the person confirms).
+    pub async fn inspect_verification(&self, token: &str) -> Result<Claims, AccountError> {
+        let claims = self.keys.open(token::VERIFY_EMAIL, token, Utc::now())?;
+        let mut conn = self.pool.get().await?;
+        let user: Option<UserState> = users::table
+            .find(claims.user_id)
+            .select(UserState::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?;
+        match user {
+            None => Err(AccountError::Token(TokenError::Forged)),
+            Some(u)
+                if u.email_key != claims.email.to_ascii_lowercase()
+                    || u.verify_epoch != claims.epoch =>
+            {
+                Err(AccountError::TokenUsed { email: u.email })
+            }
+            Some(_) => Ok(claims),
+        }
+    }
+
+    /// Consumes a verification token: marks the address verified and opens a
+    /// session, unless the browser holds a live session of another user,
+    /// which it keeps (a link someone else sent must not swap the account a
+    /// person is signed in to).
+    pub async fn verify(&self, token: &str, client: &Client) -> Result<Verified, AccountError> {
+        let result = self.verify_inner(token, client).await;
         let outcome = match &result {
             Ok(_) => "verified",
             Err(e) => e.label(),
@@ -260,10 +350,10 @@ impl Accounts {
         result
     }
 
-    async fn verify_inner(&self, token: &str) -> Result<(Uuid, SessionToken), AccountError> {
+    async fn verify_inner(&self, token: &str, client: &Client) -> Result<Verified, AccountError> {
         let claims = self.keys.open(token::VERIFY_EMAIL, token, Utc::now())?;
         let mut conn = self.pool.get().await?;
-        let ttl = self.settings.session_ttl;
+        let settings = &self.settings;
         conn.transaction::<_, AccountError, _>(async |conn| {
             let user: Option<UserState> = users::table
                 .find(claims.user_id)
@@ -275,7 +365,9 @@ impl Accounts {
             let Some(user) = user else {
                 return Err(AccountError::Token(TokenError::Forged));
             };
-            if user.email_key != claims.email.to_lowercase() || user.verify_epoch != claims.epoch {
+            if user.email_key != claims.email.to_ascii_lowercase()
+                || user.verify_epoch != claims.epoch
+            {
                 return Err(AccountError::TokenUsed { email: user.email });
             }
             diesel::update(users::table.find(user.id))
@@ -285,22 +377,64 @@ impl Accounts {
                 ))
                 .execute(conn)
                 .await?;
-            let session = sessions::create(conn, user.id, ttl).await?;
-            Ok((user.id, session))
+            let current = match &client.session {
+                Some(s) => sessions::lookup(conn, s, settings.session_idle_ttl).await?,
+                None => None,
+            };
+            if let Some(other) = current.filter(|c| c.id != user.id) {
+                return Ok(Verified {
+                    user_id: user.id,
+                    email: user.email,
+                    session: None,
+                    kept_session_of: Some(other.email),
+                });
+            }
+            let session = Self::rotate(conn, user.id, settings, client).await?;
+            Ok(Verified {
+                user_id: user.id,
+                email: user.email,
+                session: Some(session),
+                kept_session_of: None,
+            })
         })
         .await
     }
 
-    /// Checks a password and opens a session. Unknown addresses cost the same time as known ones.
+    /// A new session for `user_id` that replaces the browser's current one
+    /// (a session id never survives a sign-in: no fixation).
+    async fn rotate(
+        conn: &mut diesel_async::AsyncPgConnection,
+        user_id: Uuid,
+        settings: &Settings,
+        client: &Client,
+    ) -> Result<SessionToken, AccountError> {
+        if let Some(old) = &client.session {
+            sessions::delete(conn, old).await?;
+        }
+        Ok(sessions::create(
+            conn,
+            user_id,
+            settings.session_ttl,
+            client.user_agent.as_deref(),
+        )
+        .await?)
+    }
+
+    /// Checks a password and opens a session. Unknown addresses, wrong
+    /// passwords and unverified accounts all answer `BadCredentials` at the
+    /// same cost; an unverified account with the right password is sent a
+    /// new link (within the resend cooldown), so its owner can get in.
     pub async fn login(
         &self,
         email: Email,
         password: Password,
+        client: &Client,
     ) -> Result<SessionToken, AccountError> {
+        let key = email.key();
         let user: Option<UserState> = {
             let mut conn = self.pool.get().await?;
             users::table
-                .filter(users::email_key.eq(email.key()))
+                .filter(users::email_key.eq(&key))
                 .select(UserState::as_select())
                 .first(&mut conn)
                 .await
@@ -308,7 +442,11 @@ impl Accounts {
         };
         let ok = self
             .hasher
-            .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
+            .verify(
+                password,
+                user.as_ref().map(|u| u.password_hash.clone()),
+                client.still_there.clone(),
+            )
             .await?;
         let outcome = match (&user, ok) {
             (Some(u), true) if u.verified_at.is_some() => "ok",
@@ -319,9 +457,23 @@ impl Accounts {
         match (user, ok) {
             (Some(u), true) if u.verified_at.is_some() => {
                 let mut conn = self.pool.get().await?;
-                Ok(sessions::create(&mut conn, u.id, self.settings.session_ttl).await?)
+                let settings = &self.settings;
+                conn.transaction::<_, AccountError, _>(async |conn| {
+                    Self::rotate(conn, u.id, settings, client).await
+                })
+                .await
             }
-            (Some(_), true) => Err(AccountError::NotVerified),
+            (Some(_), true) => {
+                // Off the request's path, so this answer takes as long as a
+                // wrong password's.
+                let this = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = this.resend_key(&key, None, None).await {
+                        tracing::warn!(error = %e, "could not re-send a verification link at login");
+                    }
+                });
+                Err(AccountError::BadCredentials)
+            }
             _ => Err(AccountError::BadCredentials),
         }
     }
@@ -329,7 +481,7 @@ impl Accounts {
     /// The user a session token belongs to.
     pub async fn me(&self, session: &str) -> Result<SessionUser, AccountError> {
         let mut conn = self.pool.get().await?;
-        sessions::lookup(&mut conn, session)
+        sessions::lookup(&mut conn, session, self.settings.session_idle_ttl)
             .await?
             .ok_or(AccountError::NoSession)
     }
@@ -339,5 +491,12 @@ impl Accounts {
         let mut conn = self.pool.get().await?;
         sessions::delete(&mut conn, session).await?;
         Ok(())
+    }
+
+    /// Ends every session of the session's user; returns how many.
+    pub async fn logout_all(&self, session: &str) -> Result<usize, AccountError> {
+        let user = self.me(session).await?;
+        let mut conn = self.pool.get().await?;
+        Ok(sessions::delete_all(&mut conn, user.id).await?)
     }
 }

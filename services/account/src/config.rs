@@ -102,9 +102,12 @@ pub struct Settings {
     /// Lifetime of a verification link (at least 1m).
     #[arg(long, env = "ACCOUNT_TOKEN_TTL", default_value = "24h", value_parser = token_ttl)]
     pub token_ttl: Duration,
-    /// Lifetime of a session.
+    /// Lifetime of a session, however much it is used.
     #[arg(long, env = "ACCOUNT_SESSION_TTL", default_value = "14d", value_parser = conf::duration)]
     pub session_ttl: Duration,
+    /// A session unused for this long ends (each request moves it on, to the minute).
+    #[arg(long, env = "ACCOUNT_SESSION_IDLE_TTL", default_value = "2d", value_parser = at_least_a_minute)]
+    pub session_idle_ttl: Duration,
     /// `false` only for plain-HTTP development (the cookie is then `session` instead of `__Host-session`).
     #[arg(long, env = "ACCOUNT_COOKIE_SECURE", default_value = "true", value_parser = conf::boolean, action = ArgAction::Set)]
     pub cookie_secure: bool,
@@ -124,6 +127,9 @@ pub struct Settings {
     pub default_locale: Lang,
     #[command(flatten)]
     pub argon2: Argon2Settings,
+    /// Most password work queued, as time at the measured hash rate; past it sign-up and login answer 503 with Retry-After.
+    #[arg(long, env = "ACCOUNT_HASH_QUEUE", default_value = "3s", value_parser = conf::duration)]
+    pub hash_queue: Duration,
     /// Password hashes at once (bounds memory under a sign-up flood) [default: number of cores].
     #[arg(
         long = "hash-concurrency",
@@ -137,6 +143,9 @@ pub struct Settings {
     /// Published outbox rows older than this are deleted; `0` keeps them. Unsent rows never are.
     #[arg(long, env = "ACCOUNT_OUTBOX_RETENTION", default_value = "7d", value_parser = conf::duration)]
     pub outbox_retention: Duration,
+    /// How often each instance purges expired sessions, idle limit keys and old outbox rows.
+    #[arg(long, env = "ACCOUNT_HOUSEKEEPING_INTERVAL", default_value = "10m", value_parser = positive_duration)]
+    pub housekeeping_interval: Duration,
     /// HTTP worker threads [default: number of cores].
     #[arg(long = "workers", value_name = "N", env = "ACCOUNT_WORKERS")]
     workers_value: Option<NonZeroUsize>,
@@ -152,7 +161,7 @@ fn public_url(s: &str) -> Result<Url, String> {
         .ok_or_else(|| "expected an http(s) URL".into())
 }
 
-fn token_ttl(s: &str) -> Result<Duration, String> {
+fn at_least_a_minute(s: &str) -> Result<Duration, String> {
     let ttl = conf::duration(s)?;
     if ttl < Duration::from_secs(60) {
         return Err("must be at least 1m".into());
@@ -160,11 +169,35 @@ fn token_ttl(s: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
-fn site_path(s: &str) -> Result<String, String> {
-    if !s.starts_with('/') || s.starts_with("//") {
-        return Err("must be a path on this site, like /me".into());
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = conf::duration(s)?;
+    if d.is_zero() {
+        return Err("must be greater than 0".into());
     }
-    Ok(s.to_owned())
+    Ok(d)
+}
+
+fn token_ttl(s: &str) -> Result<Duration, String> {
+    at_least_a_minute(s)
+}
+
+/// A path on this site and nothing else: browsers read `//host`, `/\host`
+/// and a tab or newline inside either as another site.
+fn site_path(s: &str) -> Result<String, String> {
+    let refused = || "must be a path on this site, like /me".to_owned();
+    if !s.starts_with('/')
+        || s.starts_with("//")
+        || s.contains('\\')
+        || s.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(refused());
+    }
+    // What a browser makes of it, resolved against some origin, must stay there.
+    let base = Url::parse("https://site.invalid/").expect("a valid base");
+    match base.join(s) {
+        Ok(u) if u.origin() == base.origin() => Ok(s.to_owned()),
+        _ => Err(refused()),
+    }
 }
 
 fn locale(s: &str) -> Result<Lang, String> {
@@ -333,6 +366,13 @@ mod tests {
         assert!(s.token_keys.is_none());
         assert_eq!(s.token_ttl, Duration::from_secs(86400));
         assert_eq!(s.session_ttl, Duration::from_secs(14 * 86400));
+        assert_eq!(s.session_idle_ttl, Duration::from_secs(2 * 86400));
+        assert_eq!(s.hash_queue, Duration::from_secs(3));
+        assert_eq!(s.housekeeping_interval, Duration::from_secs(600));
+        for ok in ["/me", "/welcome?from=mail", "/a/b#c"] {
+            let s = settings(&[("ACCOUNT_POST_VERIFY_URL", ok)]).unwrap();
+            assert_eq!(s.post_verify_url, ok);
+        }
         assert_eq!(s.resend_cooldown, Duration::from_secs(60));
         assert_eq!(s.post_verify_url, "/me");
         assert_eq!(s.default_locale, Lang::En);
@@ -380,6 +420,13 @@ mod tests {
             ("ACCOUNT_ARGON2_MEMORY_KIB", "4"),
             ("ACCOUNT_LOG_FORMAT", "xml"),
             ("ACCOUNT_POST_VERIFY_URL", "https://evil.example"),
+            ("ACCOUNT_POST_VERIFY_URL", "//evil.example"),
+            ("ACCOUNT_POST_VERIFY_URL", "/\\evil.example"),
+            ("ACCOUNT_POST_VERIFY_URL", "/\t/evil.example"),
+            ("ACCOUNT_POST_VERIFY_URL", "me"),
+            ("ACCOUNT_SESSION_IDLE_TTL", "10s"),
+            ("ACCOUNT_HASH_QUEUE", "soon"),
+            ("ACCOUNT_HOUSEKEEPING_INTERVAL", "0s"),
             ("ACCOUNT_WORKERS", "-1"),
             ("ACCOUNT_HASH_CONCURRENCY", "0"),
             ("ACCOUNT_DATABASE_POOL_SIZE", "0"),

@@ -1,6 +1,10 @@
 //! Input types that can only hold valid values: parse at the edge, never re-check.
 
-/// A trimmed, syntactically valid e-mail address.
+/// A trimmed, syntactically valid, deliverable-as-ASCII e-mail address: the
+/// local part is ASCII (almost no provider, Naver included, accepts SMTPUTF8
+/// mailboxes) and the domain is in its IDNA ASCII form, so two look-alike
+/// spellings of one address (`\u{212A}im@` and `kim@`) cannot be two
+/// accounts, nor one account's mail go to the other.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
@@ -48,20 +52,36 @@ impl Email {
         {
             return Err(invalid());
         }
-        if !email_address::EmailAddress::is_valid(email) {
+        let Some((local, domain)) = email.rsplit_once('@') else {
+            return Err(invalid());
+        };
+        if !local.is_ascii() {
+            return Err(err(
+                "must have an ASCII part before the @",
+                "err_email_ascii",
+            ));
+        }
+        // UTS 46 processing as browsers and resolvers do: 한국.kr becomes
+        // xn--3e0b707e.kr, and compatibility forms fold to their letters.
+        let domain = idna::domain_to_ascii(domain).map_err(|_| invalid())?;
+        let email = format!("{local}@{domain}");
+        if email.len() > 254 {
+            return Err(err("is longer than 254 characters", "err_email_too_long"));
+        }
+        if !email_address::EmailAddress::is_valid(&email) || domain.is_empty() {
             return Err(invalid());
         }
-        Ok(Self(email.to_owned()))
+        Ok(Self(email))
     }
 
-    /// The address as the user typed it (trimmed).
+    /// The address to mail: the local part as typed, the domain in ASCII.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    /// The uniqueness key: the address in lower case.
+    /// The uniqueness key: the address in ASCII lower case.
     pub fn key(&self) -> String {
-        self.0.to_lowercase()
+        self.0.to_ascii_lowercase()
     }
 }
 
@@ -135,7 +155,8 @@ mod tests {
     #[test]
     fn emails_are_trimmed_and_checked() {
         let e = Email::parse("  Kim.MinSu@Example.COM \n").unwrap();
-        assert_eq!(e.as_str(), "Kim.MinSu@Example.COM");
+        // The local part as typed, the domain in its (lower-case) ASCII form.
+        assert_eq!(e.as_str(), "Kim.MinSu@example.com");
         assert_eq!(e.key(), "kim.minsu@example.com");
         for bad in [
             "",
@@ -150,6 +171,38 @@ mod tests {
             assert_eq!(Email::parse(bad).unwrap_err().field, "email", "{bad:?}");
         }
         assert!(Email::parse(&format!("{}@example.com", "a".repeat(250))).is_err());
+    }
+
+    #[test]
+    fn look_alike_addresses_never_share_a_key_with_another_mailbox() {
+        // The Kelvin sign lower-cases to "k": once it made a second key for
+        // kim@example.com's row. A non-ASCII local part is refused.
+        let kelvin = Email::parse("\u{212A}im@example.com").unwrap_err();
+        assert_eq!((kelvin.field, kelvin.key), ("email", "err_email_ascii"));
+        assert!(Email::parse("김민수@example.com").is_err());
+        assert!(Email::parse("ﬀ@example.com").is_err(), "a ligature");
+        // Domains go to their IDNA ASCII form: one mailbox, one key.
+        let idn = Email::parse("Kim@한국.KR").unwrap();
+        assert_eq!(idn.as_str(), "Kim@xn--3e0b707e.kr");
+        assert_eq!(idn.key(), "kim@xn--3e0b707e.kr");
+        assert_eq!(
+            Email::parse("kim@xn--3e0b707e.kr").unwrap().key(),
+            idn.key()
+        );
+        // A compatibility form in the domain folds to the same name DNS resolves.
+        assert_eq!(
+            Email::parse("kim@EXAMPLE.\u{212A}R").unwrap().key(),
+            "kim@example.kr"
+        );
+        // Distinct mailboxes keep distinct keys.
+        assert_ne!(
+            Email::parse("kim@example.com").unwrap().key(),
+            Email::parse("kim.@example.com")
+                .map(|e| e.key())
+                .unwrap_or_default()
+        );
+        assert!(Email::parse("a@bad..domain").is_err());
+        assert!(Email::parse("a@xn--").is_err());
     }
 
     #[test]

@@ -31,8 +31,8 @@ pub enum AppError {
     Unauthorized,
     #[error("invalid e-mail address or password")]
     BadCredentials,
-    #[error("the e-mail address is not verified yet")]
-    NotVerified,
+    #[error("too much work queued; retry shortly")]
+    Busy(Duration),
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
     #[error(transparent)]
@@ -49,8 +49,10 @@ impl From<AccountError> for AppError {
     fn from(e: AccountError) -> Self {
         match e {
             AccountError::BadCredentials => Self::BadCredentials,
-            AccountError::NotVerified => Self::NotVerified,
             AccountError::NoSession => Self::Unauthorized,
+            AccountError::Busy(wait) => Self::Busy(wait),
+            // Nobody reads this answer: the client has gone.
+            AccountError::Abandoned => Self::Busy(Duration::from_secs(1)),
             AccountError::Token(t) => Self::Token(t),
             AccountError::TokenUsed { email } => Self::TokenUsed { email },
             AccountError::Unavailable(e) => Self::Unavailable(e),
@@ -71,7 +73,7 @@ impl AppError {
             Self::RateLimited(_) => "rate-limited",
             Self::Unauthorized => "unauthorized",
             Self::BadCredentials => "bad-credentials",
-            Self::NotVerified => "not-verified",
+            Self::Busy(_) => "busy",
             Self::Forbidden(_) => "forbidden",
             Self::Token(TokenError::Expired(_)) => "token-expired",
             Self::Token(_) => "token-invalid",
@@ -86,6 +88,7 @@ impl AppError {
             Self::Validation(_) => "One or more fields are invalid.".into(),
             Self::BadRequest(m) => m.clone(),
             Self::RateLimited(_) => "Too many requests; retry after the indicated delay.".into(),
+            Self::Busy(_) => "The service is busy; retry after the indicated delay.".into(),
             Self::Token(TokenError::Expired(_)) => {
                 "The link has expired; ask for a new one at /api/v1/verification/resend.".into()
             }
@@ -118,7 +121,8 @@ impl ResponseError for AppError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized | Self::BadCredentials => StatusCode::UNAUTHORIZED,
-            Self::NotVerified | Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Token(TokenError::Expired(_)) => StatusCode::GONE,
             Self::Token(_) => StatusCode::BAD_REQUEST,
             Self::TokenUsed { .. } => StatusCode::CONFLICT,
@@ -155,7 +159,9 @@ impl AppError {
     /// Seconds for a `Retry-After` header, when the error has one.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::RateLimited(wait) => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+            Self::RateLimited(wait) | Self::Busy(wait) => {
+                Some(wait.as_secs_f64().ceil().max(1.0) as u64)
+            }
             Self::Unavailable(_) => Some(5),
             _ => None,
         }

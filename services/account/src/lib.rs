@@ -2,12 +2,14 @@
 //! sessions, and the outbox that hands mail to the mailer through RabbitMQ.
 
 pub mod accounts;
+pub mod binding;
 pub mod broker;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
 pub mod health;
+pub mod housekeeping;
 pub mod i18n;
 pub mod mails;
 pub mod metrics;

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::i18n::Lang;
-use crate::token::{self, Claims, KeyRing};
+use crate::token::{self, BINDING_LEN, Claims, KeyRing};
 
 /// The `source` of every envelope this service publishes.
 pub const SOURCE: &str = "account";
@@ -46,8 +46,16 @@ impl Mails {
     }
 
     /// The verification mail: a link that verifies `email` for `user_id` at
-    /// `epoch` and signs in, valid for `ACCOUNT_TOKEN_TTL`.
-    pub fn verification(&self, user_id: Uuid, email: &str, epoch: i32, lang: Lang) -> MailSend {
+    /// `epoch` and signs in, valid for `ACCOUNT_TOKEN_TTL`, bound to the
+    /// browser whose binding cookie hashes to `binding` (if any).
+    pub fn verification(
+        &self,
+        user_id: Uuid,
+        email: &str,
+        epoch: i32,
+        lang: Lang,
+        binding: Option<[u8; BINDING_LEN]>,
+    ) -> MailSend {
         let issued_at = now_s();
         let expires_at = issued_at
             + chrono::Duration::from_std(self.settings.token_ttl)
@@ -60,6 +68,7 @@ impl Mails {
                 epoch,
                 issued_at,
                 expires_at,
+                binding,
             },
         );
         let verify_url = self

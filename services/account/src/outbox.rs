@@ -181,11 +181,17 @@ impl Relay {
             if confirmed.is_empty() {
                 return Ok(TaskOutcome::Refused);
             }
+            // Once the broker has it, the row keeps no live link: `data` holds
+            // the sealed token (a database dump or backup must not sign anyone
+            // in) and `content` a publisher's mail. The rest stays for audit.
             diesel::update(outbox::table.filter(outbox::id.eq_any(&confirmed)))
                 .set((
                     outbox::published_at.eq(now),
                     outbox::attempts.eq(outbox::attempts + 1),
                     outbox::last_error.eq(None::<String>),
+                    outbox::payload.eq(diesel::dsl::sql::<diesel::sql_types::Jsonb>(
+                        "payload - 'data' - 'content'",
+                    )),
                 ))
                 .execute(conn)
                 .await?;

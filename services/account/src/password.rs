@@ -1,5 +1,10 @@
 //! Argon2id hashing on a fixed set of threads, one per core by default: a
-//! flood of sign-ups queues for a thread instead of exhausting memory.
+//! flood of sign-ups queues for a thread instead of exhausting memory. The
+//! queue is bounded by time (`ACCOUNT_HASH_QUEUE`, a few seconds of work at
+//! the measured hash time): past it a request is refused at once (503 with
+//! Retry-After) instead of waiting minutes. A job whose client has gone by
+//! the time a thread takes it is skipped: nobody would read the answer, and
+//! a sign-up nobody waits for must not create a user or send mail.
 //!
 //! Each thread owns its 19 MiB work area and reuses it for every hash. Letting
 //! argon2 allocate per hash made RSS grow by about 19 MiB per sign-up (glibc
@@ -13,8 +18,10 @@
 //! (about 15.6 ms → 14.1 ms at the default cost on our machines). Where the kernel
 //! has THP off the advice is ignored and nothing else changes.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -25,6 +32,9 @@ use crate::domain::Password;
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
+/// Asks whether the client of a request is still connected.
+pub type StillThere = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Hashes and verifies passwords on `concurrency` dedicated threads.
 #[derive(Clone)]
 pub struct Hasher {
@@ -32,15 +42,31 @@ pub struct Hasher {
     /// A hash of a random password: verified against for unknown addresses so
     /// that a login costs the same whether or not the account exists.
     dummy: Arc<String>,
+    /// Jobs sent and not yet taken by a thread.
+    queued: Arc<AtomicUsize>,
+    /// A moving average of one hash's time, in nanoseconds.
+    hash_nanos: Arc<AtomicU64>,
+    concurrency: usize,
+    /// The longest estimated wait a new job may face.
+    budget: Duration,
 }
 
-/// Hashing failed (a bug or resource exhaustion, never the user's fault).
+/// Why a password was not hashed or checked.
 #[derive(Debug, thiserror::Error)]
-#[error("password hashing failed: {0}")]
-pub struct HashError(String);
+pub enum HashError {
+    /// The queue holds more than its budget of work; retry after this.
+    #[error("the password hashing queue is full")]
+    Busy(Duration),
+    /// The client left before a thread took the job; it was skipped.
+    #[error("the client left before its password was hashed")]
+    Abandoned,
+    /// A bug or resource exhaustion, never the user's fault.
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+}
 
 fn err(e: impl std::fmt::Display) -> HashError {
-    HashError(e.to_string())
+    HashError::Failed(e.to_string())
 }
 
 /// One hashing thread's state: the configured cost and its reusable memory.
@@ -170,8 +196,9 @@ impl Worker {
 }
 
 impl Hasher {
-    /// A hasher with the configured cost.
-    pub fn new(settings: Argon2Settings, concurrency: usize) -> Self {
+    /// A hasher with the configured cost, `concurrency` threads and at most
+    /// `budget` of estimated work queued.
+    pub fn new(settings: Argon2Settings, concurrency: usize, budget: Duration) -> Self {
         let params = Params::new(
             settings.memory_kib,
             settings.iterations,
@@ -181,12 +208,21 @@ impl Hasher {
         .expect("parameters are validated with the configuration");
         let mut random = [0u8; 32];
         getrandom::fill(&mut random).expect("the OS random source works");
-        let dummy = Worker {
+        let mut first = Worker {
             params: params.clone(),
             area: WorkArea::default(),
-        }
-        .hash(&random)
-        .expect("hashing a random password works");
+        };
+        first
+            .hash(&random)
+            .expect("hashing a random password works");
+        // The second hash reuses the work area, as every hash on a thread
+        // does: its time is the first estimate of the queue's cost.
+        let started = Instant::now();
+        let dummy = first
+            .hash(&random)
+            .expect("hashing a random password works");
+        let hash_nanos = started.elapsed().as_nanos().max(1) as u64;
+        drop(first);
         let (jobs, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..concurrency.max(1) {
@@ -215,33 +251,89 @@ impl Hasher {
         Self {
             jobs,
             dummy: Arc::new(dummy),
+            queued: Arc::new(AtomicUsize::new(0)),
+            hash_nanos: Arc::new(AtomicU64::new(hash_nanos)),
+            concurrency: concurrency.max(1),
+            budget,
         }
+    }
+
+    /// The wait a new job would face, from the queue and the average hash time.
+    fn estimated_wait(&self) -> Duration {
+        let queued = self.queued.load(Ordering::Relaxed) as u64 + 1;
+        let nanos = self.hash_nanos.load(Ordering::Relaxed);
+        Duration::from_nanos(nanos.saturating_mul(queued) / self.concurrency as u64)
     }
 
     async fn run<T: Send + 'static>(
         &self,
+        still_there: Option<StillThere>,
         work: impl FnOnce(&mut Worker) -> T + Send + 'static,
     ) -> Result<T, HashError> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(Box::new(move |worker| {
-                let _ = tx.send(work(worker));
-            }))
-            .map_err(|_| err("the hashing threads are gone"))?;
-        rx.await.map_err(|_| err("a hashing thread failed"))
+        let wait = self.estimated_wait();
+        if wait > self.budget {
+            metrics::counter!("account_hash_rejected_total", "reason" => "busy").increment(1);
+            return Err(HashError::Busy(wait));
+        }
+        let (tx, rx) = oneshot::channel::<Option<T>>();
+        let queued = self.queued.clone();
+        let hash_nanos = self.hash_nanos.clone();
+        queued.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("account_hash_queued").increment(1.0);
+        let sent = self.jobs.send(Box::new(move |worker| {
+            queued.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!("account_hash_queued").decrement(1.0);
+            if tx.is_closed() || still_there.is_some_and(|alive| !alive()) {
+                let _ = tx.send(None);
+                return;
+            }
+            let started = Instant::now();
+            metrics::gauge!("account_hash_running").increment(1.0);
+            let out = work(worker);
+            metrics::gauge!("account_hash_running").decrement(1.0);
+            // A moving average over about eight hashes.
+            let sample = started.elapsed().as_nanos().max(1) as u64;
+            let old = hash_nanos.load(Ordering::Relaxed);
+            hash_nanos.store(old - old / 8 + sample / 8, Ordering::Relaxed);
+            let _ = tx.send(Some(out));
+        }));
+        if sent.is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!("account_hash_queued").decrement(1.0);
+            return Err(err("the hashing threads are gone"));
+        }
+        match rx.await {
+            Ok(Some(out)) => Ok(out),
+            Ok(None) => {
+                metrics::counter!("account_hash_rejected_total", "reason" => "abandoned")
+                    .increment(1);
+                Err(HashError::Abandoned)
+            }
+            Err(_) => Err(err("a hashing thread failed")),
+        }
     }
 
-    /// The PHC string of a new password.
-    pub async fn hash(&self, password: Password) -> Result<String, HashError> {
-        self.run(move |w| w.hash(password.as_bytes())).await?
+    /// The PHC string of a new password, unless the client has gone first.
+    pub async fn hash(
+        &self,
+        password: Password,
+        still_there: Option<StillThere>,
+    ) -> Result<String, HashError> {
+        self.run(still_there, move |w| w.hash(password.as_bytes()))
+            .await?
     }
 
     /// Whether `password` matches `phc`; with `None`, spends the same time and answers false.
-    pub async fn verify(&self, password: Password, phc: Option<String>) -> Result<bool, HashError> {
+    pub async fn verify(
+        &self,
+        password: Password,
+        phc: Option<String>,
+        still_there: Option<StillThere>,
+    ) -> Result<bool, HashError> {
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy.as_str().to_owned());
         let matches = self
-            .run(move |w| w.verify(password.as_bytes(), &phc))
+            .run(still_there, move |w| w.verify(password.as_bytes(), &phc))
             .await??;
         Ok(matches && known)
     }
@@ -259,21 +351,81 @@ mod tests {
                 parallelism: 1,
             },
             2,
+            Duration::from_secs(3),
         )
+    }
+
+    fn pw(s: &str) -> Password {
+        Password::parse_login(s.into()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_says_when_to_retry() {
+        // One thread, about 40 ms a hash, half a second of budget: some
+        // ten jobs fit; a flood of 60 sees refusals, each with a wait past
+        // the budget, and the ones that ran all succeeded.
+        let h = Hasher::new(
+            Argon2Settings {
+                memory_kib: 16 * 1024,
+                iterations: 3,
+                parallelism: 1,
+            },
+            1,
+            Duration::from_millis(500),
+        );
+        let jobs: Vec<_> = (0..60)
+            .map(|_| {
+                let h = h.clone();
+                tokio::spawn(async move { h.hash(pw("flood password"), None).await })
+            })
+            .collect();
+        let (mut ok, mut busy) = (0, 0);
+        for j in jobs {
+            match j.await.unwrap() {
+                Ok(phc) => {
+                    assert!(phc.starts_with("$argon2id$"));
+                    ok += 1
+                }
+                Err(HashError::Busy(wait)) => {
+                    assert!(wait > Duration::from_millis(500), "{wait:?}");
+                    busy += 1
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
+        assert_eq!(
+            h.queued.load(Ordering::Relaxed),
+            0,
+            "the count returns to zero"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_client_has_gone_is_skipped() {
+        let h = cheap();
+        let gone: StillThere = Arc::new(|| false);
+        assert!(matches!(
+            h.hash(pw("abandoned password"), Some(gone)).await,
+            Err(HashError::Abandoned)
+        ));
+        let there: StillThere = Arc::new(|| true);
+        assert!(h.hash(pw("waited password"), Some(there)).await.is_ok());
     }
 
     #[tokio::test]
     async fn hashes_argon2id_and_verifies() {
         let h = cheap();
         let phc = h
-            .hash(Password::parse_new("correct horse".into()).unwrap())
+            .hash(Password::parse_new("correct horse".into()).unwrap(), None)
             .await
             .unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{phc}");
         assert!(
             h.verify(
                 Password::parse_login("correct horse".into()).unwrap(),
-                Some(phc.clone())
+                Some(phc.clone()),
+                None
             )
             .await
             .unwrap()
@@ -281,15 +433,20 @@ mod tests {
         assert!(
             !h.verify(
                 Password::parse_login("wrong horse".into()).unwrap(),
-                Some(phc)
+                Some(phc),
+                None
             )
             .await
             .unwrap()
         );
         assert!(
-            !h.verify(Password::parse_login("anything".into()).unwrap(), None)
-                .await
-                .unwrap()
+            !h.verify(
+                Password::parse_login("anything".into()).unwrap(),
+                None,
+                None
+            )
+            .await
+            .unwrap()
         );
     }
 
@@ -298,7 +455,10 @@ mod tests {
         use argon2::password_hash::{PasswordHasher, PasswordVerifier};
         let h = cheap();
         let ours = h
-            .hash(Password::parse_new("interop password".into()).unwrap())
+            .hash(
+                Password::parse_new("interop password".into()).unwrap(),
+                None,
+            )
             .await
             .unwrap();
         let argon = Argon2::new(
@@ -323,7 +483,8 @@ mod tests {
         assert!(
             h.verify(
                 Password::parse_login("other password".into()).unwrap(),
-                Some(theirs.clone())
+                Some(theirs.clone()),
+                None
             )
             .await
             .unwrap()
@@ -331,7 +492,8 @@ mod tests {
         assert!(
             !h.verify(
                 Password::parse_login("wrong password".into()).unwrap(),
-                Some(theirs)
+                Some(theirs),
+                None
             )
             .await
             .unwrap()
@@ -396,11 +558,5 @@ mod tests {
                 "only {huge} KiB on huge pages (THP: {thp})"
             );
         }
-    }
-
-    #[test]
-    fn default_cost_is_owasp_minimum() {
-        let p = Params::new(19456, 2, 1, None).unwrap();
-        assert_eq!((p.m_cost(), p.t_cost(), p.p_cost()), (19456, 2, 1));
     }
 }

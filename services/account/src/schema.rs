@@ -32,6 +32,9 @@ diesel::table! {
         user_id -> Uuid,
         created_at -> Timestamptz,
         expires_at -> Timestamptz,
+        id -> Uuid,
+        last_seen_at -> Timestamptz,
+        user_agent -> Nullable<Text>,
     }
 }
 

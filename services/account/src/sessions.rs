@@ -36,20 +36,33 @@ fn digest(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// How stale `last_seen_at` may get before a request writes it again: the
+/// idle timeout is this coarse, and a busy session costs one write a minute.
+const SEEN_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
+/// Longest user agent kept (it is shown back to the person, nothing more).
+const USER_AGENT_MAX: usize = 200;
+
+fn delta(d: std::time::Duration) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
+}
+
 /// Creates a session for `user_id`, inside the caller's transaction.
 pub async fn create(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
     ttl: std::time::Duration,
+    user_agent: Option<&str>,
 ) -> QueryResult<SessionToken> {
     let token = SessionToken::generate();
-    let expires_at =
-        Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(14));
+    let expires_at = Utc::now() + delta(ttl);
+    let user_agent = user_agent.map(|ua| ua.chars().take(USER_AGENT_MAX).collect::<String>());
     diesel::insert_into(sessions::table)
         .values((
             sessions::token_hash.eq(digest(token.as_str())),
             sessions::user_id.eq(user_id),
             sessions::expires_at.eq(expires_at),
+            sessions::user_agent.eq(user_agent),
         ))
         .execute(conn)
         .await?;
@@ -66,25 +79,46 @@ pub struct SessionUser {
     pub created_at: DateTime<Utc>,
 }
 
-/// The user of a live session, if the token is one.
-pub async fn lookup(conn: &mut AsyncPgConnection, token: &str) -> QueryResult<Option<SessionUser>> {
+/// The user of a live session, if the token is one: not past its absolute
+/// expiry, and used within `idle` (each use moves that on).
+pub async fn lookup(
+    conn: &mut AsyncPgConnection,
+    token: &str,
+    idle: std::time::Duration,
+) -> QueryResult<Option<SessionUser>> {
     if token.len() != 43 {
         return Ok(None);
     }
-    sessions::table
+    let now = Utc::now();
+    let hash = digest(token);
+    let found: Option<(SessionUser, DateTime<Utc>)> = sessions::table
         .inner_join(users::table)
-        .filter(sessions::token_hash.eq(digest(token)))
-        .filter(sessions::expires_at.gt(Utc::now()))
+        .filter(sessions::token_hash.eq(&hash))
+        .filter(sessions::expires_at.gt(now))
+        .filter(sessions::last_seen_at.gt(now - delta(idle)))
         .select((
-            users::id,
-            users::email,
-            users::locale,
-            users::verified_at,
-            users::created_at,
+            (
+                users::id,
+                users::email,
+                users::locale,
+                users::verified_at,
+                users::created_at,
+            ),
+            sessions::last_seen_at,
         ))
         .first(conn)
         .await
-        .optional()
+        .optional()?;
+    let Some((user, seen)) = found else {
+        return Ok(None);
+    };
+    if now - seen > SEEN_RESOLUTION {
+        diesel::update(sessions::table.filter(sessions::token_hash.eq(&hash)))
+            .set(sessions::last_seen_at.eq(now))
+            .execute(conn)
+            .await?;
+    }
+    Ok(Some(user))
 }
 
 /// Ends a session (no error if it did not exist).
@@ -95,9 +129,26 @@ pub async fn delete(conn: &mut AsyncPgConnection, token: &str) -> QueryResult<()
     Ok(())
 }
 
-/// Deletes expired sessions; returns how many.
-pub async fn purge_expired(conn: &mut AsyncPgConnection) -> QueryResult<usize> {
-    diesel::delete(sessions::table.filter(sessions::expires_at.le(Utc::now())))
+/// Ends every session of `user_id`; returns how many.
+pub async fn delete_all(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<usize> {
+    diesel::delete(sessions::table.filter(sessions::user_id.eq(user_id)))
         .execute(conn)
         .await
+}
+
+/// Deletes expired and idle sessions; returns how many.
+pub async fn purge_expired(
+    conn: &mut AsyncPgConnection,
+    idle: std::time::Duration,
+) -> QueryResult<usize> {
+    let now = Utc::now();
+    diesel::delete(
+        sessions::table.filter(
+            sessions::expires_at
+                .le(now)
+                .or(sessions::last_seen_at.le(now - delta(idle))),
+        ),
+    )
+    .execute(conn)
+    .await
 }

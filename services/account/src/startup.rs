@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::error::{JsonPayloadError, UrlencodedError};
-use actix_web::middleware::from_fn;
+use actix_web::middleware::{Condition, DefaultHeaders, from_fn};
 use actix_web::{App, HttpServer, ResponseError, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
@@ -15,9 +15,10 @@ use tokio::task::JoinHandle;
 use crate::accounts::Accounts;
 use crate::broker::Publisher;
 use crate::config::Settings;
-use crate::db::{self, DbPool};
+use crate::db;
 use crate::error::AppError;
 use crate::health::Health;
+use crate::housekeeping::Housekeeping;
 use crate::outbox::Relay;
 use crate::password::Hasher;
 use crate::ratelimit::Limits;
@@ -110,7 +111,11 @@ impl Application {
             )
         })?;
         let admin_port = admin_listener.local_addr()?.port();
-        let hasher = Hasher::new(settings.argon2, settings.hash_concurrency());
+        let hasher = Hasher::new(
+            settings.argon2,
+            settings.hash_concurrency(),
+            settings.hash_queue,
+        );
         let state = web::Data::new(AppState {
             accounts: Accounts::new(pool.clone(), hasher, keys, relay.clone(), settings.clone()),
             limits: limits.clone(),
@@ -125,17 +130,29 @@ impl Application {
         });
 
         let public_state = state.clone();
+        let hsts = settings.cookie_secure;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(public_state.clone())
                 .app_data(json_config())
                 .app_data(form_config())
+                .app_data(query_config())
+                // Only over HTTPS (what Secure cookies mean): browsers then
+                // refuse plain HTTP to this host for two years.
+                .wrap(Condition::new(
+                    hsts,
+                    DefaultHeaders::new().add((
+                        "strict-transport-security",
+                        "max-age=63072000; includeSubDomains",
+                    )),
+                ))
                 .wrap(from_fn(telemetry::observe))
                 .configure(api::configure)
                 .configure(pages::configure)
                 .configure(ops::probes)
                 .default_service(web::to(not_found))
         })
+        .on_connect(crate::routes::peer::on_connect)
         .workers(settings.workers())
         .shutdown_timeout(30)
         .listen(listener)?
@@ -157,7 +174,14 @@ impl Application {
 
         let (shutdown, rx) = watch::channel(false);
         let relay_task = tokio::spawn(relay.run(rx.clone()));
-        let housekeeping = tokio::spawn(housekeeping(pool, limits, settings.outbox_retention, rx));
+        let housekeeping = tokio::spawn(
+            Housekeeping {
+                pool,
+                limits,
+                settings: settings.clone(),
+            }
+            .run(rx),
+        );
         Ok(Self {
             port,
             admin_port,
@@ -199,42 +223,28 @@ impl Application {
     }
 }
 
-/// Every ten minutes (and at start): forgets idle rate-limit keys, deletes
-/// expired sessions and published outbox rows past their retention.
-async fn housekeeping(
-    pool: DbPool,
-    limits: Limits,
-    outbox_retention: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(600));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        limits.purge();
-        let Ok(mut conn) = pool.get().await else {
-            continue;
-        };
-        match crate::sessions::purge_expired(&mut conn).await {
-            Ok(n) if n > 0 => tracing::info!(count = n, "purged expired sessions"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not purge expired sessions"),
-        }
-        if outbox_retention.is_zero() {
-            continue;
-        }
-        match crate::outbox::purge_published(&mut conn, outbox_retention).await {
-            Ok(n) if n > 0 => tracing::info!(count = n, "purged published outbox rows"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not purge the outbox"),
-        }
-    }
-}
-
 async fn not_found() -> actix_web::HttpResponse {
     AppError::NotFound.error_response()
+}
+
+/// A bad body or query as the route's kind of answer: problem+json under
+/// `/api/`, the site's error page elsewhere (never actix's text/plain).
+fn bad_input(req: &actix_web::HttpRequest, err: AppError) -> actix_web::Error {
+    if req.path().starts_with("/api/") {
+        return err.into();
+    }
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return err.into();
+    };
+    let page = crate::routes::forms::page(req, state);
+    let response = state.views.error_page(&page, err);
+    actix_web::error::InternalError::from_response("bad input", response).into()
+}
+
+fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, req| {
+        bad_input(req, AppError::BadRequest(format!("invalid query: {err}")))
+    })
 }
 
 fn json_config() -> web::JsonConfig {
@@ -254,12 +264,12 @@ fn json_config() -> web::JsonConfig {
 fn form_config() -> web::FormConfig {
     web::FormConfig::default()
         .limit(MAX_BODY_BYTES)
-        .error_handler(|err, _req| {
-            match err {
+        .error_handler(|err, req| {
+            let err = match err {
                 UrlencodedError::Overflow { .. } => AppError::PayloadTooLarge,
                 UrlencodedError::ContentType => AppError::UnsupportedMediaType,
                 other => AppError::BadRequest(format!("invalid form body: {other}")),
-            }
-            .into()
+            };
+            bad_input(req, err)
         })
 }

@@ -1,8 +1,19 @@
-//! The e-mail verification token: AES-256-GCM over a small binary payload,
+//! The tokens in mailed links: AES-256-GCM over a small binary payload,
 //! with the purpose as associated data and a key id so keys can rotate.
 //!
-//! Wire form: `v1.<kid>.<base64url(nonce || ciphertext || tag)>`.
-//! Payload: user id (16 bytes) | epoch (u32) | issued-at (i64 s) | expires-at (i64 s) | e-mail (UTF-8).
+//! Wire form: `v2.<kid>.<base64url(nonce || ciphertext || tag)>`.
+//! Payload: user id (16 bytes) | epoch (u32) | issued-at (i64 s) |
+//! expires-at (i64 s) | browser binding (16 bytes, zero when none) | e-mail (UTF-8).
+//!
+//! The binding is a hash of a cookie set on the browser that asked for the
+//! link: only that browser is signed in without a click (see `binding`).
+//! `v1` tokens (no binding field) still open, so links mailed before an
+//! upgrade keep working; they count as unbound.
+//!
+//! The threats: a forged or altered token (GCM authenticates it), a token
+//! made for one purpose used for another (the purpose is the associated
+//! data), a leaked old key (drop it from the ring), hostile input (bounded
+//! length, every malformation a clear error, never a panic).
 
 use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -14,21 +25,34 @@ use uuid::Uuid;
 /// The purpose of a verification link; a token sealed for another purpose never opens here.
 pub const VERIFY_EMAIL: &str = "verify-email/v1";
 
-const VERSION: &str = "v1";
+/// The version this code seals.
+const VERSION: &str = "v2";
+/// The version before the browser binding; still opened.
+const VERSION_1: &str = "v1";
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
-const FIXED_LEN: usize = 16 + 4 + 8 + 8;
+/// Length of the browser binding in a v2 payload.
+pub const BINDING_LEN: usize = 16;
+/// The fixed part of a v1 payload: user id, epoch, issued-at, expires-at.
+const FIXED_LEN_V1: usize = 16 + 4 + 8 + 8;
+/// The fixed part of a v2 payload: v1's and the binding.
+const FIXED_LEN: usize = FIXED_LEN_V1 + BINDING_LEN;
 /// Longest token we try to decode: keeps hostile input cheap.
 const MAX_TOKEN_LEN: usize = 1024;
 
-/// What a verification token says.
+/// What a token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
     pub user_id: Uuid,
+    /// The address the link was sent to.
     pub email: String,
+    /// The user's epoch for this purpose when the link was made: a link whose
+    /// epoch the user has moved past is used or superseded.
     pub epoch: i32,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// A hash of the binding cookie of the browser that asked for the link.
+    pub binding: Option<[u8; BINDING_LEN]>,
 }
 
 /// Why a token was refused.
@@ -139,6 +163,7 @@ impl KeyRing {
         plain.extend_from_slice(&claims.epoch.to_be_bytes());
         plain.extend_from_slice(&claims.issued_at.timestamp().to_be_bytes());
         plain.extend_from_slice(&claims.expires_at.timestamp().to_be_bytes());
+        plain.extend_from_slice(&claims.binding.unwrap_or([0; BINDING_LEN]));
         plain.extend_from_slice(claims.email.as_bytes());
         let nonce = Nonce::generate();
         let sealed = cipher
@@ -146,7 +171,7 @@ impl KeyRing {
                 &nonce,
                 Payload {
                     msg: &plain,
-                    aad: purpose.as_bytes(),
+                    aad: &aad(VERSION, purpose),
                 },
             )
             .expect("AES-GCM encryption of a small buffer cannot fail");
@@ -168,14 +193,19 @@ impl KeyRing {
             return Err(TokenError::Malformed);
         }
         let mut parts = token.splitn(3, '.');
-        let (Some(VERSION), Some(kid), Some(body)) = (parts.next(), parts.next(), parts.next())
+        let (Some(version), Some(kid), Some(body)) = (parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
+        };
+        let fixed = match version {
+            VERSION => FIXED_LEN,
+            VERSION_1 => FIXED_LEN_V1,
+            _ => return Err(TokenError::Malformed),
         };
         let bytes = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| TokenError::Malformed)?;
-        if bytes.len() < NONCE_LEN + TAG_LEN + FIXED_LEN {
+        if bytes.len() < NONCE_LEN + TAG_LEN + fixed {
             return Err(TokenError::Malformed);
         }
         let (_, cipher) = self
@@ -190,11 +220,11 @@ impl KeyRing {
                 &nonce,
                 Payload {
                     msg: sealed,
-                    aad: purpose.as_bytes(),
+                    aad: &aad(version, purpose),
                 },
             )
             .map_err(|_| TokenError::Forged)?;
-        let claims = decode_claims(&plain).ok_or(TokenError::Forged)?;
+        let claims = decode_claims(&plain, fixed).ok_or(TokenError::Forged)?;
         if now >= claims.expires_at {
             return Err(TokenError::Expired(Box::new(claims)));
         }
@@ -202,21 +232,37 @@ impl KeyRing {
     }
 }
 
-fn decode_claims(plain: &[u8]) -> Option<Claims> {
-    if plain.len() < FIXED_LEN {
+/// The associated data: the purpose, and from v2 on the version too, so a
+/// token relabelled as another version does not authenticate.
+fn aad(version: &str, purpose: &str) -> Vec<u8> {
+    if version == VERSION_1 {
+        return purpose.as_bytes().to_vec();
+    }
+    format!("{version}|{purpose}").into_bytes()
+}
+
+/// The claims of a payload whose fixed part is `fixed` bytes (v1 or v2).
+fn decode_claims(plain: &[u8], fixed: usize) -> Option<Claims> {
+    if plain.len() < fixed {
         return None;
     }
     let user_id = Uuid::from_slice(&plain[0..16]).ok()?;
     let epoch = i32::from_be_bytes(plain[16..20].try_into().ok()?);
     let iat = i64::from_be_bytes(plain[20..28].try_into().ok()?);
     let exp = i64::from_be_bytes(plain[28..36].try_into().ok()?);
-    let email = std::str::from_utf8(&plain[36..]).ok()?.to_owned();
+    let binding: Option<[u8; BINDING_LEN]> = if fixed == FIXED_LEN {
+        Some(plain[FIXED_LEN_V1..FIXED_LEN].try_into().ok()?).filter(|b| *b != [0; BINDING_LEN])
+    } else {
+        None
+    };
+    let email = std::str::from_utf8(&plain[fixed..]).ok()?.to_owned();
     Some(Claims {
         user_id,
         email,
         epoch,
         issued_at: Utc.timestamp_opt(iat, 0).single()?,
         expires_at: Utc.timestamp_opt(exp, 0).single()?,
+        binding,
     })
 }
 
@@ -238,6 +284,7 @@ mod tests {
             epoch: 3,
             issued_at: now,
             expires_at: now + Duration::hours(24),
+            binding: Some([7; BINDING_LEN]),
         }
     }
 
@@ -250,7 +297,7 @@ mod tests {
         let ring = KeyRing::ephemeral();
         let c = claims(now());
         let token = ring.seal(VERIFY_EMAIL, &c);
-        assert!(token.starts_with("v1.ephemeral."));
+        assert!(token.starts_with("v2.ephemeral."));
         assert!(
             token
                 .chars()
@@ -300,7 +347,7 @@ mod tests {
             Err(TokenError::Malformed)
         );
         assert_eq!(
-            ring.open(VERIFY_EMAIL, "v2.x.y", now()),
+            ring.open(VERIFY_EMAIL, "v3.x.y", now()),
             Err(TokenError::Malformed)
         );
         assert_eq!(
@@ -335,6 +382,47 @@ mod tests {
         );
     }
 
+    /// A v1 token as the previous release sealed it (no binding field).
+    fn seal_v1(ring: &KeyRing, purpose: &str, c: &Claims) -> String {
+        let (kid, cipher) = &ring.keys[0];
+        let mut plain = Vec::new();
+        plain.extend_from_slice(c.user_id.as_bytes());
+        plain.extend_from_slice(&c.epoch.to_be_bytes());
+        plain.extend_from_slice(&c.issued_at.timestamp().to_be_bytes());
+        plain.extend_from_slice(&c.expires_at.timestamp().to_be_bytes());
+        plain.extend_from_slice(c.email.as_bytes());
+        let nonce = Nonce::generate();
+        let payload = Payload {
+            msg: &plain,
+            aad: purpose.as_bytes(),
+        };
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&cipher.encrypt(&nonce, payload).unwrap());
+        format!("v1.{kid}.{}", URL_SAFE_NO_PAD.encode(out))
+    }
+
+    #[test]
+    fn links_mailed_before_the_binding_still_open_unbound() {
+        let ring = KeyRing::ephemeral();
+        let c = claims(now());
+        let old = seal_v1(&ring, VERIFY_EMAIL, &c);
+        let opened = ring.open(VERIFY_EMAIL, &old, now()).unwrap();
+        assert_eq!(
+            opened,
+            Claims {
+                binding: None,
+                ..c.clone()
+            }
+        );
+        // A v1 body under a v2 label is not a token.
+        let relabelled = old.replacen("v1.", "v2.", 1);
+        assert!(ring.open(VERIFY_EMAIL, &relabelled, now()).is_err());
+        // An unbound v2 token opens without a binding.
+        let unbound = Claims { binding: None, ..c };
+        let t = ring.seal(VERIFY_EMAIL, &unbound);
+        assert_eq!(ring.open(VERIFY_EMAIL, &t, now()).unwrap().binding, None);
+    }
+
     #[test]
     fn retired_keys_still_open_while_in_the_ring() {
         let old = generate_key_spec("2026a");
@@ -347,7 +435,7 @@ mod tests {
         assert!(
             after
                 .seal(VERIFY_EMAIL, &claims(now()))
-                .starts_with("v1.2026b.")
+                .starts_with("v2.2026b.")
         );
         let dropped = KeyRing::parse(&new).unwrap();
         assert_eq!(

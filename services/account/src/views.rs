@@ -2,6 +2,7 @@
 //! page carries (a CSP with a fresh script nonce), and how an error or a
 //! form's field errors look on a page, in the page's language.
 
+use actix_web::cookie::Cookie;
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpResponse, ResponseError};
@@ -37,6 +38,14 @@ impl Default for Views {
     }
 }
 
+/// What every page of one request needs: its language, and the CSRF token
+/// its forms carry, with the cookie to set when the browser had none.
+pub struct Page {
+    pub lang: Lang,
+    pub csrf: String,
+    pub new_csrf_cookie: Option<Cookie<'static>>,
+}
+
 /// One translated string of `lang`.
 pub fn text(lang: Lang, key: &str) -> &'static str {
     lang.strings()
@@ -46,12 +55,18 @@ pub fn text(lang: Lang, key: &str) -> &'static str {
 }
 
 impl Views {
-    /// Renders a page with a fresh CSP nonce.
-    pub fn render(&self, status: StatusCode, name: &str, lang: Lang, ctx: Value) -> HttpResponse {
+    /// Renders a page with a fresh CSP nonce and the CSRF token for its forms.
+    pub fn render(&self, page: &Page, status: StatusCode, name: &str, ctx: Value) -> HttpResponse {
+        let lang = page.lang;
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce).expect("the OS random source works");
         let nonce = base64::engine::general_purpose::STANDARD.encode(nonce);
-        let ctx = context! { t => Value::from(minijinja::value::Serde(lang.strings())), nonce => &nonce, ..ctx };
+        let ctx = context! {
+            t => Value::from(minijinja::value::Serde(lang.strings())),
+            nonce => &nonce,
+            csrf => &page.csrf,
+            ..ctx
+        };
         let html = match self.env.get_template(name).and_then(|t| t.render(ctx)) {
             Ok(html) => html,
             Err(e) => {
@@ -59,8 +74,11 @@ impl Views {
                 return HttpResponse::InternalServerError().finish();
             }
         };
-        HttpResponse::build(status)
-            .content_type("text/html; charset=utf-8")
+        let mut res = HttpResponse::build(status);
+        if let Some(cookie) = &page.new_csrf_cookie {
+            res.cookie(cookie.clone());
+        }
+        res.content_type("text/html; charset=utf-8")
             .insert_header((header::CONTENT_LANGUAGE, lang.tag()))
             .insert_header(("cache-control", "no-store"))
             .insert_header(("x-frame-options", "DENY"))
@@ -82,39 +100,40 @@ impl Views {
     /// A short page with a title and a sentence (and, in `ctx`, the forms it offers).
     pub fn notice(
         &self,
+        page: &Page,
         status: StatusCode,
-        lang: Lang,
         title: &str,
         body: &str,
         ctx: Value,
     ) -> HttpResponse {
+        let lang = page.lang;
         let ctx = context! { title => text(lang, title), body => text(lang, body), ..ctx };
-        self.render(status, "notice.html", lang, ctx)
+        self.render(page, status, "notice.html", ctx)
     }
 
     /// A form page again, with its field errors in the page's language and
     /// what the person typed (never the password).
     pub fn form_errors(
         &self,
+        page: &Page,
         name: &str,
-        lang: Lang,
         errors: &[FieldError],
         ctx: Value,
     ) -> HttpResponse {
         let errors: Vec<Value> = errors
             .iter()
-            .map(|e| context! { field => e.field, message => text(lang, e.key) })
+            .map(|e| context! { field => e.field, message => text(page.lang, e.key) })
             .collect();
         self.render(
+            page,
             StatusCode::UNPROCESSABLE_ENTITY,
             name,
-            lang,
             context! { errors, ..ctx },
         )
     }
 
     /// An error as a page in the user's language.
-    pub fn error_page(&self, lang: Lang, err: AppError) -> HttpResponse {
+    pub fn error_page(&self, page: &Page, err: AppError) -> HttpResponse {
         err.log();
         let (title, body, ctx) = match &err {
             AppError::Token(TokenError::Expired(claims)) => (
@@ -133,9 +152,14 @@ impl Views {
                 context! { show_login => true, show_resend_form => true },
             ),
             AppError::RateLimited(_) => ("error_title", "rate_limited", context! {}),
+            AppError::Busy(_) => ("error_title", "busy", context! {}),
+            AppError::BadRequest(_)
+            | AppError::UnsupportedMediaType
+            | AppError::PayloadTooLarge => ("error_title", "bad_request", context! {}),
+            AppError::Forbidden(_) => ("error_title", "forbidden", context! {}),
             _ => ("error_title", "error_body", context! {}),
         };
-        let mut res = self.notice(err.status_code(), lang, title, body, ctx);
+        let mut res = self.notice(page, err.status_code(), title, body, ctx);
         if let Some(secs) = err.retry_after() {
             res.headers_mut().insert(header::RETRY_AFTER, secs.into());
         }

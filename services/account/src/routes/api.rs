@@ -4,7 +4,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{fields, rate_limit, removal_cookie, session_cookie, session_token};
+use super::{
+    client, fields, new_binding, rate_limit, removal_cookie, session_cookie, session_token,
+};
+use crate::accounts::Client;
 use crate::domain::{Email, FieldError, Password};
 use crate::error::AppError;
 use crate::i18n::Lang;
@@ -19,6 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/verification/resend", web::post().to(resend))
             .route("/login", web::post().to(login))
             .route("/logout", web::post().to(logout))
+            .route("/logout/all", web::post().to(logout_all))
             .route("/me", web::get().to(me)),
     );
 }
@@ -57,8 +61,18 @@ async fn signup(
         Some(tag) => Lang::from_tag(tag).unwrap_or(state.settings.default_locale),
     };
     rate_limit(&req, &state, &email)?;
-    state.accounts.signup(email, password, lang).await?;
-    Ok(accepted())
+    // A browser that signs up through the API (a single-page app) is the
+    // one its link signs in without a click.
+    let (binding, cookie) = new_binding(&state.settings);
+    let client = client(&req, &state.settings);
+    state
+        .accounts
+        .signup(email, password, lang, Some(binding.hash()), &client)
+        .await?;
+    let mut res = accepted();
+    res.add_cookie(&cookie)
+        .map_err(|e| AppError::Internal(e.into()))?;
+    Ok(res)
 }
 
 #[derive(Deserialize)]
@@ -76,11 +90,15 @@ async fn resend(
         .and_then(|e| Email::parse(&e))
         .map_err(|e| AppError::Validation(vec![e]))?;
     rate_limit(&req, &state, &email)?;
+    let (binding, cookie) = new_binding(&state.settings);
     state
         .accounts
-        .resend(email, super::lang(&req, &state))
+        .resend(email, super::lang(&req, &state), Some(binding.hash()))
         .await?;
-    Ok(accepted())
+    let mut res = accepted();
+    res.add_cookie(&cookie)
+        .map_err(|e| AppError::Internal(e.into()))?;
+    Ok(res)
 }
 
 #[derive(Deserialize)]
@@ -90,15 +108,24 @@ struct VerifyRequest {
 
 #[tracing::instrument(name = "api.verify", skip_all)]
 async fn verify(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<VerifyRequest>,
 ) -> Result<HttpResponse, AppError> {
     let token =
         required(body.into_inner().token, "token").map_err(|e| AppError::Validation(vec![e]))?;
-    let (user_id, session) = state.accounts.verify(&token).await?;
-    Ok(HttpResponse::Ok()
-        .cookie(session_cookie(&state.settings, session.as_str()))
-        .json(json!({"status": "verified", "user_id": user_id})))
+    // API clients are signed in by the link, as documented; the session
+    // cookie they held (if any) is simply replaced in their jar.
+    let client = Client {
+        session: None,
+        ..client(&req, &state.settings)
+    };
+    let verified = state.accounts.verify(&token, &client).await?;
+    let mut res = HttpResponse::Ok();
+    if let Some(session) = &verified.session {
+        res.cookie(session_cookie(&state.settings, session.as_str()));
+    }
+    Ok(res.json(json!({"status": "verified", "user_id": verified.user_id})))
 }
 
 #[derive(Deserialize)]
@@ -119,7 +146,10 @@ async fn login(
         required(body.password, "password").and_then(Password::parse_login),
     )?;
     rate_limit(&req, &state, &email)?;
-    let session = state.accounts.login(email, password).await?;
+    let session = state
+        .accounts
+        .login(email, password, &client(&req, &state.settings))
+        .await?;
     Ok(HttpResponse::Ok()
         .cookie(session_cookie(&state.settings, session.as_str()))
         .json(json!({"status": "signed-in"})))
@@ -130,6 +160,20 @@ async fn logout(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
     if let Some(token) = session_token(&req, &state.settings) {
         state.accounts.logout(&token).await?;
     }
+    Ok(HttpResponse::NoContent()
+        .cookie(removal_cookie(&state.settings))
+        .finish())
+}
+
+/// Ends every session of the signed-in user (all devices).
+#[tracing::instrument(name = "api.logout_all", skip_all)]
+async fn logout_all(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let token = session_token(&req, &state.settings).ok_or(AppError::Unauthorized)?;
+    let ended = state.accounts.logout_all(&token).await?;
+    tracing::info!(sessions = ended, "signed out everywhere");
     Ok(HttpResponse::NoContent()
         .cookie(removal_cookie(&state.settings))
         .finish())

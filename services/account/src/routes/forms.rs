@@ -1,18 +1,22 @@
 //! What every form post shares: the refusal of other sites' posts (login
-//! CSRF), and the credentials form that sign-up and login both are.
+//! CSRF) by the Fetch Metadata or Origin headers AND a per-browser token in
+//! a cookie that each form repeats, and the credentials form that sign-up
+//! and login both are.
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
+use base64::Engine;
 use minijinja::context;
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 
-use super::{fields, rate_limit};
+use super::{Jar, fields, lang, rate_limit};
 use crate::domain::{Email, FieldError, Password};
 use crate::error::AppError;
-use crate::i18n::Lang;
 use crate::state::AppState;
+use crate::views::Page;
 
-/// Refuses form posts from other sites (login CSRF). Browsers that send
+/// Refuses form posts from other sites. Browsers that send
 /// `Sec-Fetch-Site` are judged by it; otherwise the Origin, when sent, must be
 /// this service's public origin or the Host the request came to.
 pub fn same_origin(req: &HttpRequest, state: &AppState) -> Result<(), AppError> {
@@ -47,6 +51,41 @@ pub fn same_origin(req: &HttpRequest, state: &AppState) -> Result<(), AppError> 
     }
 }
 
+/// Checks a form post: from this site (headers) and carrying the token of
+/// this browser's CSRF cookie. A post with neither header and no token, or
+/// a token another browser got, is refused.
+pub fn guard(req: &HttpRequest, state: &AppState, token: &str) -> Result<(), AppError> {
+    same_origin(req, state)?;
+    let cookie = Jar::Csrf.value(req, &state.settings).unwrap_or_default();
+    if cookie.is_empty() || !bool::from(cookie.as_bytes().ct_eq(token.as_bytes())) {
+        return Err(AppError::Forbidden("missing or stale form token"));
+    }
+    Ok(())
+}
+
+/// The page context of a request: its language and its CSRF token (the
+/// cookie's, or a new one the response sets).
+pub fn page(req: &HttpRequest, state: &AppState) -> Page {
+    let lang = lang(req, state);
+    match Jar::Csrf.value(req, &state.settings) {
+        Some(csrf) => Page {
+            lang,
+            csrf,
+            new_csrf_cookie: None,
+        },
+        None => {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).expect("the OS random source works");
+            let csrf = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+            Page {
+                lang,
+                new_csrf_cookie: Some(Jar::Csrf.cookie(&state.settings, &csrf)),
+                csrf,
+            }
+        }
+    }
+}
+
 /// The sign-up and login forms: an address and a password.
 #[derive(Deserialize)]
 pub struct CredentialsForm {
@@ -54,6 +93,8 @@ pub struct CredentialsForm {
     email: String,
     #[serde(default)]
     password: String,
+    #[serde(default)]
+    csrf: String,
 }
 
 /// A credentials form that did not go through: what was typed, and why.
@@ -63,7 +104,7 @@ pub struct Rejected {
 }
 
 impl CredentialsForm {
-    /// Checks the origin, parses both fields (the password with `policy`),
+    /// Guards the post, parses both fields (the password with `policy`),
     /// applies the limits, then runs `op` on the parsed values.
     pub async fn submit<T, Fut>(
         self,
@@ -77,7 +118,7 @@ impl CredentialsForm {
     {
         let typed = self.email.clone();
         let result = async {
-            same_origin(req, state)?;
+            guard(req, state, &self.csrf)?;
             let (email, password) = fields(Email::parse(&self.email), policy(self.password))?;
             rate_limit(req, state, &email)?;
             op(email, password).await
@@ -92,28 +133,28 @@ impl Rejected {
     pub fn again(
         self,
         state: &AppState,
+        page: &Page,
         template: &str,
-        lang: Lang,
         message_key: &str,
     ) -> HttpResponse {
         use actix_web::ResponseError;
         state.views.render(
+            page,
             self.error.status_code(),
             template,
-            lang,
-            context! { message => crate::views::text(lang, message_key), email => self.typed },
+            context! { message => crate::views::text(page.lang, message_key), email => self.typed },
         )
     }
 
     /// The form again with its field errors, or the error page.
-    pub fn page(self, state: &AppState, template: &str, lang: Lang) -> HttpResponse {
+    pub fn page(self, state: &AppState, page: &Page, template: &str) -> HttpResponse {
         match self.error {
             AppError::Validation(errors) => {
                 state
                     .views
-                    .form_errors(template, lang, &errors, context! { email => self.typed })
+                    .form_errors(page, template, &errors, context! { email => self.typed })
             }
-            error => state.views.error_page(lang, error),
+            error => state.views.error_page(page, error),
         }
     }
 }

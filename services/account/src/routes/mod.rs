@@ -5,49 +5,114 @@ pub mod api;
 pub mod forms;
 pub mod ops;
 pub mod pages;
+pub mod peer;
 
 use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite, time};
 
+use crate::accounts::Client;
+use crate::binding::Binding;
 use crate::config::Settings;
 use crate::domain::{Email, FieldError};
 use crate::error::AppError;
 use crate::i18n::Lang;
 use crate::state::AppState;
 
-/// The cookie name: `__Host-` when Secure, which browsers pin to this host and path `/`.
-pub fn cookie_name(settings: &Settings) -> &'static str {
-    if settings.cookie_secure {
-        "__Host-session"
-    } else {
-        "session"
+/// The cookies this service sets. With `Secure`, each name takes the
+/// `__Host-` prefix, which browsers pin to this host and path `/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jar {
+    /// The session.
+    Session,
+    /// The verification link's browser binding (see `binding`).
+    Binding,
+    /// The CSRF token repeated in every form.
+    Csrf,
+}
+
+impl Jar {
+    /// The cookie's name under these settings.
+    pub fn name(self, settings: &Settings) -> &'static str {
+        match (self, settings.cookie_secure) {
+            (Self::Session, true) => "__Host-session",
+            (Self::Session, false) => "session",
+            (Self::Binding, true) => "__Host-verify",
+            (Self::Binding, false) => "verify",
+            (Self::Csrf, true) => "__Host-csrf",
+            (Self::Csrf, false) => "csrf",
+        }
+    }
+
+    /// The cookie carrying `value`: HttpOnly, SameSite=Lax (sent on the
+    /// top-level navigation from a mail to this site, never on another
+    /// site's form post), for as long as what it carries lives.
+    pub fn cookie(self, settings: &Settings, value: &str) -> Cookie<'static> {
+        let mut c = Cookie::build(self.name(settings), value.to_owned())
+            .path("/")
+            .http_only(true)
+            .secure(settings.cookie_secure)
+            .same_site(SameSite::Lax)
+            .finish();
+        let lifetime = match self {
+            Self::Session => Some(settings.session_ttl),
+            Self::Binding => Some(settings.token_ttl),
+            // For the browser's session: a token per visit is enough.
+            Self::Csrf => None,
+        };
+        if let Some(d) = lifetime {
+            c.set_max_age(time::Duration::seconds(d.as_secs() as i64));
+        }
+        c
+    }
+
+    /// A cookie that removes this one.
+    pub fn removal(self, settings: &Settings) -> Cookie<'static> {
+        let mut c = self.cookie(settings, "");
+        c.make_removal();
+        c
+    }
+
+    /// The value the browser sent, if any.
+    pub fn value(self, req: &HttpRequest, settings: &Settings) -> Option<String> {
+        req.cookie(self.name(settings))
+            .map(|c| c.value().to_owned())
+            .filter(|v| !v.is_empty())
     }
 }
 
 /// The session cookie carrying `value`.
 pub fn session_cookie(settings: &Settings, value: &str) -> Cookie<'static> {
-    Cookie::build(cookie_name(settings), value.to_owned())
-        .path("/")
-        .http_only(true)
-        .secure(settings.cookie_secure)
-        .same_site(SameSite::Lax)
-        .max_age(time::Duration::seconds(
-            settings.session_ttl.as_secs() as i64
-        ))
-        .finish()
+    Jar::Session.cookie(settings, value)
 }
 
 /// A cookie that removes the session cookie.
 pub fn removal_cookie(settings: &Settings) -> Cookie<'static> {
-    let mut c = session_cookie(settings, "");
-    c.make_removal();
-    c
+    Jar::Session.removal(settings)
 }
 
 /// The session token sent by the browser, if any.
 pub fn session_token(req: &HttpRequest, settings: &Settings) -> Option<String> {
-    req.cookie(cookie_name(settings))
-        .map(|c| c.value().to_owned())
+    Jar::Session.value(req, settings)
+}
+
+/// A fresh binding for a link this request asks for, and its cookie.
+pub fn new_binding(settings: &Settings) -> (Binding, Cookie<'static>) {
+    let binding = Binding::generate();
+    let cookie = Jar::Binding.cookie(settings, binding.as_str());
+    (binding, cookie)
+}
+
+/// The browser behind a request, for the account operations.
+pub fn client(req: &HttpRequest, settings: &Settings) -> Client {
+    Client {
+        session: session_token(req, settings),
+        user_agent: req
+            .headers()
+            .get(actix_web::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        still_there: peer::still_there(req),
+    }
 }
 
 /// The client address rate limits key on: the peer, or the last X-Forwarded-For

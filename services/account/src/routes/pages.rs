@@ -1,6 +1,7 @@
 //! Server-rendered pages in Korean and English: no external assets, plain
-//! forms that work without script (the verify page submits itself when it can).
-//! Handlers parse, call the account operations, and pick a view.
+//! forms that work without script (the verify page submits itself only in
+//! the browser that asked for the link). Handlers parse, call the account
+//! operations, and pick a view.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
@@ -8,13 +9,14 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use minijinja::context;
 use serde::Deserialize;
 
-use super::forms::{CredentialsForm, same_origin};
-use super::{lang, rate_limit, removal_cookie, session_cookie, session_token};
+use super::forms::{CredentialsForm, guard, page};
+use super::{Jar, client, new_binding, rate_limit, removal_cookie, session_cookie, session_token};
+use crate::accounts::Client;
 use crate::domain::{Email, Password};
 use crate::error::AppError;
-use crate::i18n::Lang;
 use crate::state::AppState;
 use crate::token::TokenError;
+use crate::views::Page;
 
 /// Registers the page routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -37,14 +39,14 @@ fn see_other(to: &str) -> HttpResponse {
 }
 
 async fn home(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    see_other(&format!("/signup?lang={}", lang(&req, &state).tag()))
+    see_other(&format!("/signup?lang={}", page(&req, &state).lang.tag()))
 }
 
 async fn signup_form(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let lang = lang(&req, &state);
+    let page = page(&req, &state);
     state
         .views
-        .render(StatusCode::OK, "signup.html", lang, context! {})
+        .render(&page, StatusCode::OK, "signup.html", context! {})
 }
 
 async fn signup(
@@ -52,25 +54,38 @@ async fn signup(
     state: web::Data<AppState>,
     form: web::Form<CredentialsForm>,
 ) -> HttpResponse {
-    let lang = lang(&req, &state);
+    let page = page(&req, &state);
+    let (binding, cookie) = new_binding(&state.settings);
+    let client = client(&req, &state.settings);
     let result = form
         .into_inner()
         .submit(
             &req,
             &state,
             Password::parse_new,
-            async |email, password| Ok(state.accounts.signup(email, password, lang).await?),
+            async |email, password| {
+                let hash = Some(binding.hash());
+                let lang = page.lang;
+                Ok(state
+                    .accounts
+                    .signup(email, password, lang, hash, &client)
+                    .await?)
+            },
         )
         .await;
     match result {
-        Ok(_) => state.views.notice(
-            StatusCode::ACCEPTED,
-            lang,
-            "signup_done_title",
-            "signup_done_body",
-            context! {},
-        ),
-        Err(rejected) => rejected.page(&state, "signup.html", lang),
+        Ok(_) => {
+            let mut res = state.views.notice(
+                &page,
+                StatusCode::ACCEPTED,
+                "signup_done_title",
+                "signup_done_body",
+                context! {},
+            );
+            let _ = res.add_cookie(&cookie);
+            res
+        }
+        Err(rejected) => rejected.page(&state, &page, "signup.html"),
     }
 }
 
@@ -79,24 +94,36 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-/// GET never consumes the token: link scanners fetch it too. The page posts it back.
+/// GET never consumes the token: link scanners fetch it too. It names the
+/// address; in the browser that asked for the link the page posts itself,
+/// anywhere else the person presses a button that says whose account it is.
 async fn verify_page(
     req: HttpRequest,
     state: web::Data<AppState>,
     q: web::Query<TokenQuery>,
 ) -> HttpResponse {
-    let lang = lang(&req, &state);
-    match q
+    let page = page(&req, &state);
+    let Some(token) = q
         .into_inner()
         .token
         .filter(|t| !t.is_empty() && t.len() <= 1024)
-    {
-        Some(token) => state
+    else {
+        return state
             .views
-            .render(StatusCode::OK, "verify.html", lang, context! { token }),
-        None => state
-            .views
-            .error_page(lang, AppError::Token(TokenError::Malformed)),
+            .error_page(&page, AppError::Token(TokenError::Malformed));
+    };
+    match state.accounts.inspect_verification(&token).await {
+        Ok(claims) => {
+            let cookie = Jar::Binding.value(&req, &state.settings);
+            let same_browser = crate::binding::matches(cookie.as_deref(), claims.binding.as_ref());
+            state.views.render(
+                &page,
+                StatusCode::OK,
+                "verify.html",
+                context! { token, email => claims.email, same_browser },
+            )
+        }
+        Err(e) => state.views.error_page(&page, e.into()),
     }
 }
 
@@ -104,6 +131,8 @@ async fn verify_page(
 struct TokenForm {
     #[serde(default)]
     token: String,
+    #[serde(default)]
+    csrf: String,
 }
 
 async fn verify(
@@ -111,31 +140,50 @@ async fn verify(
     state: web::Data<AppState>,
     form: web::Form<TokenForm>,
 ) -> HttpResponse {
-    let lang = lang(&req, &state);
+    let page = page(&req, &state);
     let result = async {
-        same_origin(&req, &state)?;
-        Ok::<_, AppError>(state.accounts.verify(&form.token).await?)
+        guard(&req, &state, &form.csrf)?;
+        let client = client(&req, &state.settings);
+        Ok::<_, AppError>(state.accounts.verify(&form.token, &client).await?)
     }
     .await;
-    match result {
-        Ok((_, session)) => HttpResponse::SeeOther()
+    let verified = match result {
+        Ok(v) => v,
+        Err(e) => return state.views.error_page(&page, e),
+    };
+    match verified.session {
+        Some(session) => HttpResponse::SeeOther()
             .cookie(session_cookie(&state.settings, session.as_str()))
-            .insert_header((header::LOCATION, post_verify_location(&state, lang)))
+            .cookie(Jar::Binding.removal(&state.settings))
+            .insert_header((header::LOCATION, post_verify_location(&state, &page)))
             .finish(),
-        Err(e) => state.views.error_page(lang, e),
+        // Signed in as someone else: the address is verified, the session stays.
+        None => state.views.notice(
+            &page,
+            StatusCode::OK,
+            "verified_kept_title",
+            "verified_kept_body",
+            context! {
+                verified_email => verified.email,
+                kept_email => verified.kept_session_of,
+                show_switch => true,
+            },
+        ),
     }
 }
 
-fn post_verify_location(state: &AppState, lang: Lang) -> String {
+fn post_verify_location(state: &AppState, page: &Page) -> String {
     let target = &state.settings.post_verify_url;
     let sep = if target.contains('?') { '&' } else { '?' };
-    format!("{target}{sep}lang={}", lang.tag())
+    format!("{target}{sep}lang={}", page.lang.tag())
 }
 
 #[derive(Deserialize)]
 struct EmailForm {
     #[serde(default)]
     email: String,
+    #[serde(default)]
+    csrf: String,
 }
 
 async fn resend(
@@ -143,38 +191,44 @@ async fn resend(
     state: web::Data<AppState>,
     form: web::Form<EmailForm>,
 ) -> HttpResponse {
-    let lang = lang(&req, &state);
+    let page = page(&req, &state);
+    let (binding, cookie) = new_binding(&state.settings);
     let result = async {
-        same_origin(&req, &state)?;
+        guard(&req, &state, &form.csrf)?;
         let email = Email::parse(&form.email).map_err(|e| AppError::Validation(vec![e]))?;
         rate_limit(&req, &state, &email)?;
-        Ok::<_, AppError>(state.accounts.resend(email, lang).await?)
+        let hash = Some(binding.hash());
+        Ok::<_, AppError>(state.accounts.resend(email, page.lang, hash).await?)
     }
     .await;
     match result {
-        Ok(_) => state.views.notice(
-            StatusCode::ACCEPTED,
-            lang,
-            "resend_title",
-            "resend_done_body",
-            context! {},
-        ),
+        Ok(_) => {
+            let mut res = state.views.notice(
+                &page,
+                StatusCode::ACCEPTED,
+                "resend_title",
+                "resend_done_body",
+                context! {},
+            );
+            let _ = res.add_cookie(&cookie);
+            res
+        }
         Err(AppError::Validation(_)) => state.views.notice(
+            &page,
             StatusCode::UNPROCESSABLE_ENTITY,
-            lang,
             "resend_title",
             "invalid_input",
             context! { show_resend_form => true },
         ),
-        Err(e) => state.views.error_page(lang, e),
+        Err(e) => state.views.error_page(&page, e),
     }
 }
 
 async fn login_form(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let lang = lang(&req, &state);
+    let page = page(&req, &state);
     state
         .views
-        .render(StatusCode::OK, "login.html", lang, context! {})
+        .render(&page, StatusCode::OK, "login.html", context! {})
 }
 
 async fn login(
@@ -182,62 +236,72 @@ async fn login(
     state: web::Data<AppState>,
     form: web::Form<CredentialsForm>,
 ) -> HttpResponse {
-    let lang = lang(&req, &state);
+    let page = page(&req, &state);
+    let client: Client = client(&req, &state.settings);
     let result = form
         .into_inner()
         .submit(
             &req,
             &state,
             Password::parse_login,
-            async |email, password| Ok(state.accounts.login(email, password).await?),
+            async |email, password| Ok(state.accounts.login(email, password, &client).await?),
         )
         .await;
     match result {
         Ok(session) => HttpResponse::SeeOther()
             .cookie(session_cookie(&state.settings, session.as_str()))
-            .insert_header((header::LOCATION, format!("/me?lang={}", lang.tag())))
+            .insert_header((header::LOCATION, format!("/me?lang={}", page.lang.tag())))
             .finish(),
         Err(r) if matches!(r.error, AppError::BadCredentials) => {
-            r.again(&state, "login.html", lang, "login_failed")
+            r.again(&state, &page, "login.html", "login_failed")
         }
-        Err(r) if matches!(r.error, AppError::NotVerified) => {
-            r.again(&state, "login.html", lang, "not_verified")
-        }
-        Err(r) => r.page(&state, "login.html", lang),
+        Err(r) => r.page(&state, &page, "login.html"),
     }
 }
 
 async fn me(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let lang = lang(&req, &state);
-    let login = format!("/login?lang={}", lang.tag());
+    let page = page(&req, &state);
+    let login = format!("/login?lang={}", page.lang.tag());
     let Some(token) = session_token(&req, &state.settings) else {
         return see_other(&login);
     };
     match state.accounts.me(&token).await.map_err(AppError::from) {
         Ok(user) => state.views.render(
+            &page,
             StatusCode::OK,
             "me.html",
-            lang,
             context! {
                 email => user.email,
                 verified_at => user.verified_at.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()),
             },
         ),
         Err(AppError::Unauthorized) => see_other(&login),
-        Err(e) => state.views.error_page(lang, e),
+        Err(e) => state.views.error_page(&page, e),
     }
 }
 
-async fn logout(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let lang = lang(&req, &state);
-    if same_origin(&req, &state).is_ok()
-        && let Some(token) = session_token(&req, &state.settings)
+#[derive(Deserialize)]
+struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<LogoutForm>,
+) -> HttpResponse {
+    let page = page(&req, &state);
+    if let Err(e) = guard(&req, &state, &form.csrf) {
+        return state.views.error_page(&page, e);
+    }
+    if let Some(token) = session_token(&req, &state.settings)
         && let Err(e) = state.accounts.logout(&token).await
     {
         tracing::warn!(error = %e, "could not delete a session at logout");
     }
     HttpResponse::SeeOther()
         .cookie(removal_cookie(&state.settings))
-        .insert_header((header::LOCATION, format!("/login?lang={}", lang.tag())))
+        .insert_header((header::LOCATION, format!("/login?lang={}", page.lang.tag())))
         .finish()
 }

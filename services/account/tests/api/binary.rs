@@ -165,6 +165,7 @@ async fn logs_never_hold_a_password_token_or_session_and_sigterm_exits_cleanly()
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
         .build()
         .unwrap();
     let mut up = false;
@@ -201,19 +202,23 @@ async fn logs_never_hold_a_password_token_or_session_and_sigterm_exits_cleanly()
         .unwrap();
     let url = String::from_utf8(psql.stdout).unwrap().trim().to_owned();
     let token = token_of(&url);
-    client
+    let page = client
         .get(format!("{base}/verify?token={token}"))
         .send()
         .await
+        .unwrap()
+        .text()
+        .await
         .unwrap();
+    let csrf = csrf_in(&page);
     let res = client
         .post(format!("{base}/verify"))
-        .form(&[("token", &token)])
+        .form(&[("token", token.as_str()), ("csrf", csrf.as_str())])
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 303);
-    let cookie = set_cookie(res.headers()).unwrap();
+    let cookie = session_set(res.headers()).unwrap();
     let session = cookie
         .split(';')
         .next()
@@ -252,7 +257,25 @@ async fn logs_never_hold_a_password_token_or_session_and_sigterm_exits_cleanly()
         logs.contains("\"route\":\"/verify\""),
         "request logs are there:\n{logs}"
     );
-    for secret in [password, token.as_str(), session.as_str(), &token[12..40]] {
+    let hash = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &db, "-tAc"])
+        .arg("SELECT password_hash FROM users")
+        .output()
+        .unwrap();
+    let hash = String::from_utf8(hash.stdout).unwrap().trim().to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    // The token's bytes as a Debug of a byte buffer would print them.
+    let token_bytes = format!("{:?}", &token.as_bytes()[8..20]);
+    let token_bytes = token_bytes.trim_matches(['[', ']']);
+    for secret in [
+        password,
+        token.as_str(),
+        session.as_str(),
+        &token[12..40],
+        &hash,
+        hash.rsplit('$').next().unwrap(),
+        token_bytes,
+    ] {
         assert!(
             !logs.contains(secret),
             "a secret leaked into the logs:\n{logs}"

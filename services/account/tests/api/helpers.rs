@@ -34,6 +34,8 @@ pub struct TestApp {
     pub key_spec: String,
     pub client: reqwest::Client,
     capture: Option<Capture>,
+    vars: HashMap<String, String>,
+    running: Running,
     _teardown: Teardown,
 }
 
@@ -117,25 +119,49 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     } else {
         None
     };
-    let app = Application::build(settings).await.expect("the app starts");
-    let port = app.port();
-    let admin = format!("http://127.0.0.1:{}", app.admin_port());
-    tokio::spawn(app.run_until_stopped());
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .unwrap();
+    let running = start(settings).await;
     TestApp {
-        base,
-        admin,
+        base: running.base.clone(),
+        admin: running.admin.clone(),
         db_name,
         topology,
         key_spec,
-        client,
+        client: browser(),
         capture,
+        vars,
+        running,
         _teardown: teardown,
+    }
+}
+
+/// A cookie-keeping client that does not follow redirects: a browser profile.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .unwrap()
+}
+
+/// An application serving in the background, and what stops it.
+struct Running {
+    base: String,
+    admin: String,
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<Result<(), anyhow::Error>>,
+}
+
+async fn start(settings: Settings) -> Running {
+    let app = Application::build(settings).await.expect("the app starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let admin = format!("http://127.0.0.1:{}", app.admin_port());
+    let handle = app.handle();
+    let task = tokio::spawn(app.run_until_stopped());
+    Running {
+        base,
+        admin,
+        handle,
+        task,
     }
 }
 
@@ -192,6 +218,26 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// Stops the service gracefully and starts it again on the same
+    /// database and broker prefix with `env` changed, as a deploy does.
+    /// The new instance listens on new ports; `base` follows.
+    pub async fn restart(&mut self, env: &[(&str, &str)]) {
+        self.running.handle.stop(true).await;
+        let task = &mut self.running.task;
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the old instance stops")
+            .unwrap()
+            .unwrap();
+        for (k, v) in env {
+            self.vars.insert(k.to_string(), v.to_string());
+        }
+        let settings = Settings::from_vars(self.vars.clone()).expect("test settings are valid");
+        self.running = start(settings).await;
+        self.base = self.running.base.clone();
+        self.admin = self.running.admin.clone();
+    }
+
     pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {
         self.client
             .post(self.url(path))
@@ -201,16 +247,43 @@ impl TestApp {
             .unwrap()
     }
 
-    /// A form post as a same-site browser sends it, and the page it answers.
-    pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
-        let res = self
-            .client
-            .post(self.url(path))
-            .form(form)
+    /// The CSRF token of this client's browser: loads a page (which sets
+    /// the cookie in the client's jar on first visit) and reads its form.
+    pub async fn csrf(&self) -> String {
+        self.csrf_of(&self.client).await
+    }
+
+    /// The CSRF token of another browser (`client` keeps cookies).
+    pub async fn csrf_of(&self, client: &reqwest::Client) -> String {
+        let html = client
+            .get(self.url("/login"))
             .send()
             .await
+            .unwrap()
+            .text()
+            .await
             .unwrap();
+        csrf_in(&html)
+    }
+
+    /// A form post as a same-site browser sends it (with its CSRF token),
+    /// and the page it answers.
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let res = self.submit(path, form).await;
         (res.status().as_u16(), res.text().await.unwrap())
+    }
+
+    /// A form post with this browser's CSRF token, as the response.
+    pub async fn submit(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let csrf = self.csrf().await;
+        let mut form = form.to_vec();
+        form.push(("csrf", &csrf));
+        self.client
+            .post(self.url(path))
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn signup(&self, email: &str, password: &str) -> reqwest::Response {
@@ -227,12 +300,7 @@ impl TestApp {
     }
 
     pub async fn verify_form(&self, token: &str) -> reqwest::Response {
-        self.client
-            .post(self.url("/verify"))
-            .form(&[("token", token)])
-            .send()
-            .await
-            .unwrap()
+        self.submit("/verify", &[("token", token)]).await
     }
 
     pub async fn me(&self) -> reqwest::Response {
@@ -248,6 +316,17 @@ impl TestApp {
         self.try_next_event(wait)
             .await
             .expect("a mail event reached the broker in time")
+    }
+
+    /// The next event addressed to `to`. Delivery is at least once, so a
+    /// copy of an earlier event may come first: those are skipped.
+    pub async fn next_event_to(&mut self, to: &str) -> Captured {
+        loop {
+            let event = self.next_event(WAIT).await;
+            if event.mail.to.email == to {
+                return event;
+            }
+        }
     }
 
     /// The next event on the broker within `wait`, if any.
@@ -289,13 +368,31 @@ impl TestApp {
             .n
     }
 
-    pub fn keys(&self) -> KeyRing {
-        KeyRing::parse(&self.key_spec).unwrap()
+    /// Runs a statement on the test database (to move time along, say).
+    pub async fn exec(&self, sql: &str) -> usize {
+        use diesel_async::RunQueryDsl;
+        let mut c = self.db().await;
+        diesel::sql_query(sql).execute(&mut c).await.unwrap()
     }
 
-    /// Only the old (second) key of the ring, as a ring of its own.
-    pub fn old_key(&self) -> KeyRing {
-        KeyRing::parse(self.key_spec.split(',').nth(1).unwrap()).unwrap()
+    /// A counter or gauge from the admin listener's `/metrics` (0 if absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub fn keys(&self) -> KeyRing {
+        KeyRing::parse(&self.key_spec).unwrap()
     }
 }
 
@@ -315,10 +412,29 @@ pub fn verify_url(c: &Captured) -> String {
     c.raw["data"]["verify_url"].as_str().unwrap().to_owned()
 }
 
-pub fn set_cookie(headers: &HeaderMap) -> Option<String> {
+/// The CSRF token a page's forms carry.
+pub fn csrf_in(html: &str) -> String {
+    let at = html
+        .find(r#"name="csrf" value=""#)
+        .unwrap_or_else(|| panic!("a form with a CSRF token in {html}"))
+        + r#"name="csrf" value=""#.len();
+    html[at..at + html[at..].find('"').unwrap()].to_owned()
+}
+
+/// Every cookie a response sets.
+pub fn cookies_set(headers: &HeaderMap) -> Vec<String> {
     headers
-        .get("set-cookie")
+        .get_all("set-cookie")
+        .iter()
         .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The session cookie a response sets, if any.
+pub fn session_set(headers: &HeaderMap) -> Option<String> {
+    cookies_set(headers)
+        .into_iter()
+        .find(|c| c.starts_with("session=") || c.starts_with("__Host-session="))
 }
 
 pub const WAIT: Duration = Duration::from_secs(10);

@@ -4,6 +4,7 @@ mod binary;
 mod helpers;
 mod outbox;
 mod pages;
+mod security;
 mod sessions;
 mod signup;
 mod verify;

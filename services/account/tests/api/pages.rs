@@ -48,12 +48,11 @@ async fn pages_speak_korean_or_english() {
 async fn the_form_flow_signs_up_verifies_and_shows_the_me_page() {
     let mut app = spawn_app().await;
     let res = app
-        .client
-        .post(app.url("/signup?lang=ko"))
-        .form(&[("email", "form@example.com"), ("password", "password-123")])
-        .send()
-        .await
-        .unwrap();
+        .submit(
+            "/signup?lang=ko",
+            &[("email", "form@example.com"), ("password", "password-123")],
+        )
+        .await;
     assert_eq!(res.status(), 202);
     assert!(res.text().await.unwrap().contains("메일함을 확인하세요"));
     let event = app.next_event(WAIT).await;
@@ -68,28 +67,26 @@ async fn the_form_flow_signs_up_verifies_and_shows_the_me_page() {
     let html = me.text().await.unwrap();
     assert!(html.contains("form@example.com") && html.contains("내 계정"));
 
-    let res = app.client.post(app.url("/logout")).send().await.unwrap();
+    let res = app.submit("/logout", &[]).await;
     assert_eq!(res.status(), 303);
     let me = app.client.get(app.url("/me")).send().await.unwrap();
     assert_eq!(me.status(), 303, "signed out: redirected to login");
 
     // Form login, with a Korean error on a wrong password.
-    let bad = app
-        .client
-        .post(app.url("/login?lang=ko"))
-        .form(&[("email", "form@example.com"), ("password", "nope-nope")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 401);
-    assert!(bad.text().await.unwrap().contains("올바르지 않습니다"));
+    let (status, html) = app
+        .post_form(
+            "/login?lang=ko",
+            &[("email", "form@example.com"), ("password", "nope-nope")],
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert!(html.contains("올바르지 않습니다"));
     let good = app
-        .client
-        .post(app.url("/login"))
-        .form(&[("email", "form@example.com"), ("password", "password-123")])
-        .send()
-        .await
-        .unwrap();
+        .submit(
+            "/login",
+            &[("email", "form@example.com"), ("password", "password-123")],
+        )
+        .await;
     assert_eq!(good.status(), 303);
     assert_eq!(
         app.client
@@ -151,12 +148,17 @@ async fn form_errors_render_the_form_again_and_cross_site_posts_are_refused() {
         .unwrap();
     assert_eq!(res.status(), 403);
     assert_eq!(app.count("SELECT count(*) AS n FROM users").await, 0);
+    let csrf = app.csrf().await;
     let res = app
         .client
         .post(app.url("/signup"))
         .header("sec-fetch-site", "same-origin")
         .header("origin", "null")
-        .form(&[("email", "ok@example.com"), ("password", "password-123")])
+        .form(&[
+            ("email", "ok@example.com"),
+            ("password", "password-123"),
+            ("csrf", &csrf),
+        ])
         .send()
         .await
         .unwrap();

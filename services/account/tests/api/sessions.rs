@@ -28,7 +28,7 @@ async fn login_me_logout() {
         )
         .await;
     assert_eq!(res.status(), 200);
-    let cookie = set_cookie(res.headers()).unwrap();
+    let cookie = session_set(res.headers()).unwrap();
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
         "{cookie}"
@@ -70,37 +70,74 @@ async fn login_me_logout() {
     assert_eq!(app.count("SELECT count(*) AS n FROM sessions").await, 1);
 }
 
+async fn login(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
+    app.post_json(
+        "/api/v1/login",
+        json!({"email": email, "password": password}),
+    )
+    .await
+}
+
+/// A correct password on an unverified account must not tell that the
+/// address is registered (once 403 against 401): it answers exactly like a
+/// wrong password, and the owner gets a new link instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_verified_accounts_log_in_and_unknown_addresses_look_like_wrong_passwords() {
+async fn an_unverified_account_answers_like_a_wrong_password_and_gets_its_link_again() {
     let mut app = spawn_app().await;
     verified_user(&mut app, "known@example.com", "password-123").await;
     app.signup("pending@example.com", "password-123").await;
+    let first = app.next_event(WAIT).await;
+    assert_eq!(first.mail.to.email, "pending@example.com");
+    // Past the resend cooldown of the sign-up's mail.
+    app.exec("UPDATE users SET verification_sent_at = now() - interval '1 hour'")
+        .await;
+    let outbox = "SELECT count(*) AS n FROM outbox";
+    let before = app.count(outbox).await;
 
-    let wrong = app
-        .post_json(
-            "/api/v1/login",
-            json!({"email": "known@example.com", "password": "wrong-password"}),
-        )
-        .await;
-    let unknown = app
-        .post_json(
-            "/api/v1/login",
-            json!({"email": "ghost@example.com", "password": "wrong-password"}),
-        )
-        .await;
-    assert_eq!(wrong.status(), 401);
-    assert_eq!(unknown.status(), 401);
-    assert_eq!(wrong.text().await.unwrap(), unknown.text().await.unwrap());
-
-    let pending = app
-        .post_json(
-            "/api/v1/login",
-            json!({"email": "pending@example.com", "password": "password-123"}),
-        )
-        .await;
-    assert_eq!(pending.status(), 403);
-    assert!(set_cookie(pending.headers()).is_none());
+    let wrong = login(&app, "known@example.com", "wrong-password").await;
+    let unknown = login(&app, "ghost@example.com", "wrong-password").await;
+    let pending = login(&app, "pending@example.com", "password-123").await;
+    let mut answers = Vec::new();
+    for res in [wrong, unknown, pending] {
+        assert_eq!(res.status(), 401);
+        assert!(session_set(res.headers()).is_none());
+        let mut headers: Vec<String> = res
+            .headers()
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "date" | "x-request-id"))
+            .map(|(k, v)| format!("{k}: {v:?}"))
+            .collect();
+        headers.sort();
+        answers.push((headers, res.text().await.unwrap()));
+    }
+    assert_eq!(answers[0], answers[1], "unknown address = wrong password");
+    assert_eq!(
+        answers[0], answers[2],
+        "unverified account = wrong password"
+    );
     assert_eq!(app.me().await.status(), 401);
+
+    // The right password on the unverified account sent the link again.
+    let again = app.next_event(WAIT).await;
+    assert_eq!(again.mail.to.email, "pending@example.com");
+    assert_ne!(verify_url(&again), verify_url(&first));
+    assert_eq!(app.count(outbox).await, before + 1);
+    // Within the cooldown another try sends nothing more.
+    let res = login(&app, "pending@example.com", "password-123").await;
+    assert_eq!(res.status(), 401);
+    let resends = "account_resends_total{sent=\"no\"}";
+    assert!(
+        testkit::wait_until(WAIT, || async { app.metric(resends).await >= 1.0 }).await,
+        "the second re-send was considered and refused"
+    );
+    assert_eq!(app.count(outbox).await, before + 1);
+    // And the new link signs the owner in.
+    assert_eq!(
+        app.verify_api(&token_of(&verify_url(&again)))
+            .await
+            .status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +165,7 @@ async fn the_cookie_is_secure_unless_the_operator_turns_it_off() {
     app.signup("secure@example.com", "password-123").await;
     let token = token_of(&verify_url(&app.next_event(WAIT).await));
     let res = app.verify_api(&token).await;
-    let cookie = set_cookie(res.headers()).unwrap();
+    let cookie = session_set(res.headers()).unwrap();
     assert!(
         cookie.starts_with("__Host-session=") && cookie.contains("Secure"),
         "{cookie}"

@@ -23,7 +23,7 @@ async fn signup_publishes_the_documented_envelope_whose_link_verifies() {
     assert_eq!(event.raw["version"], 1);
     assert_eq!(event.raw["source"], "account");
     assert_eq!(event.raw["locale"], "ko");
-    assert_eq!(event.raw["to"]["email"], "Minsu.Kim@Example.com");
+    assert_eq!(event.raw["to"]["email"], "Minsu.Kim@example.com");
     assert_eq!(event.raw["template"], "verify_email");
     assert_eq!(
         event
@@ -48,7 +48,7 @@ async fn signup_publishes_the_documented_envelope_whose_link_verifies() {
 
     let url = verify_url(&event);
     assert!(
-        url.starts_with("http://127.0.0.1:8080/verify?token=v1.current."),
+        url.starts_with("http://127.0.0.1:8080/verify?token=v2.current."),
         "{url}"
     );
     let res = app.verify_form(&token_of(&url)).await;
@@ -60,7 +60,7 @@ async fn signup_publishes_the_documented_envelope_whose_link_verifies() {
             .starts_with("/me")
     );
     let me: Value = app.me().await.json().await.unwrap();
-    assert_eq!(me["email"], "Minsu.Kim@Example.com");
+    assert_eq!(me["email"], "Minsu.Kim@example.com");
     assert!(me["verified_at"].is_string());
     assert_eq!(
         app.count("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")

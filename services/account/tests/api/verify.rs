@@ -7,7 +7,7 @@ use crate::helpers::*;
 
 async fn signed_up(app: &mut TestApp, email: &str) -> String {
     assert_eq!(app.signup(email, "password-123").await.status(), 202);
-    verify_url(&app.next_event(WAIT).await)
+    verify_url(&app.next_event_to(email).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,7 +19,7 @@ async fn get_alone_never_consumes_the_token_or_signs_in() {
         // What a mail system's link scanner does.
         let res = app.client.get(&local).send().await.unwrap();
         assert_eq!(res.status(), 200);
-        assert!(set_cookie(res.headers()).is_none());
+        assert!(session_set(res.headers()).is_none());
         let html = res.text().await.unwrap();
         assert!(html.contains(r#"method="post" action="/verify"#), "{html}");
         assert!(html.contains(&token_of(&url)));
@@ -38,7 +38,7 @@ async fn get_alone_never_consumes_the_token_or_signs_in() {
     // The POST the page makes still works afterwards.
     let res = app.verify_form(&token_of(&url)).await;
     assert_eq!(res.status(), 303);
-    let cookie = set_cookie(res.headers()).unwrap();
+    let cookie = session_set(res.headers()).unwrap();
     assert!(cookie.starts_with("session="));
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/"),
@@ -63,14 +63,15 @@ async fn a_used_link_cannot_sign_in_again() {
         .await
         .unwrap();
     assert_eq!(res.status(), 409);
-    assert!(set_cookie(res.headers()).is_none());
+    assert!(session_set(res.headers()).is_none());
     let problem: Value = res.json().await.unwrap();
     assert_eq!(problem["type"], "/problems/token-used");
     assert_eq!(app.count("SELECT count(*) AS n FROM sessions").await, 1);
     // The page says so in the user's language, with a way forward.
+    let csrf = app.csrf_of(&fresh).await;
     let res = fresh
         .post(app.url("/verify?lang=ko"))
-        .form(&[("token", token.as_str())])
+        .form(&[("token", token.as_str()), ("csrf", csrf.as_str())])
         .send()
         .await
         .unwrap();
@@ -131,7 +132,7 @@ async fn every_bad_token_is_a_clear_4xx_and_never_a_session() {
     for (name, bad, status, kind) in cases {
         let res = app.verify_api(&bad).await;
         assert_eq!(res.status(), status, "{name}");
-        assert!(set_cookie(res.headers()).is_none(), "{name}");
+        assert!(session_set(res.headers()).is_none(), "{name}");
         assert_eq!(
             res.headers()["content-type"],
             "application/problem+json",
@@ -142,7 +143,7 @@ async fn every_bad_token_is_a_clear_4xx_and_never_a_session() {
         // The form path answers a page with the same status.
         let res = app.verify_form(&bad).await;
         assert_eq!(res.status(), status, "{name} (page)");
-        assert!(set_cookie(res.headers()).is_none(), "{name} (page)");
+        assert!(session_set(res.headers()).is_none(), "{name} (page)");
     }
     assert_eq!(app.count("SELECT count(*) AS n FROM sessions").await, 0);
     assert_eq!(
@@ -163,16 +164,40 @@ async fn every_bad_token_is_a_clear_4xx_and_never_a_session() {
     assert_eq!(app.verify_api(&token).await.status(), 200);
 }
 
+/// Key rotation as a deploy does it: links issued by the service under the
+/// old ring keep working after the new key is put first, and stop when the
+/// old key leaves the ring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_sealed_with_a_retired_key_verifies_while_the_key_is_in_the_ring() {
-    let mut app = spawn_app().await;
-    let token = token_of(&signed_up(&mut app, "rotate@example.com").await);
-    assert!(token.starts_with("v1.current."));
-    let claims = app.keys().open(VERIFY_EMAIL, &token, Utc::now()).unwrap();
-    // Sealed by the key that used to be first and is now second in the ring.
-    let old = app.old_key().seal(VERIFY_EMAIL, &claims);
-    assert!(old.starts_with("v1.old."));
-    let res = app.verify_api(&old).await;
-    assert_eq!(res.status(), 200);
-    assert_eq!(app.me().await.status(), 200);
+async fn links_survive_a_key_rotation_until_the_old_key_leaves_the_ring() {
+    let old = generate_key_spec("k2026a");
+    let new = generate_key_spec("k2026b");
+    let mut app = spawn_app_with(Options::default().env("ACCOUNT_TOKEN_KEYS", &old)).await;
+    let first = token_of(&signed_up(&mut app, "first@example.com").await);
+    let second = token_of(&signed_up(&mut app, "second@example.com").await);
+    assert!(first.starts_with("v2.k2026a.") && second.starts_with("v2.k2026a."));
+
+    app.restart(&[("ACCOUNT_TOKEN_KEYS", &format!("{new},{old}"))])
+        .await;
+    assert_eq!(
+        app.verify_api(&first).await.status(),
+        200,
+        "an old link works"
+    );
+    let third = token_of(&signed_up(&mut app, "third@example.com").await);
+    assert!(
+        third.starts_with("v2.k2026b."),
+        "new links use the new key: {third}"
+    );
+
+    app.restart(&[("ACCOUNT_TOKEN_KEYS", &new)]).await;
+    let res = app.verify_api(&second).await;
+    assert_eq!(res.status(), 400, "the old key is gone");
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/token-invalid");
+    assert_eq!(app.verify_api(&third).await.status(), 200);
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM users WHERE verified_at IS NOT NULL")
+            .await,
+        2
+    );
 }

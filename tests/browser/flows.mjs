@@ -1,0 +1,139 @@
+// The flows a person (and an attacker) goes through in Debian's headless
+// chromium, each browser profile a fresh context. Mail is read where the
+// test SMTP server keeps it (<inbox>/<n>.json). Prints one JSON line.
+//
+//   node flows.mjs signup-click <base> <inbox> <email> <accept-language> <screenshot.png>
+//     signs up in the browser, opens the mailed link in that same browser:
+//     it lands signed in, without a click.
+//   node flows.mjs login-csrf <base> <inbox> <emailA> <emailB> <artifacts-dir>
+//     a second browser profile opens A's link: not signed in without a
+//     click; A's browser, signed in, opens B's link (an attacker's) and
+//     presses its button: it stays signed in as A.
+import { chromium } from "playwright-core";
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+
+const [flow, base, inbox, ...rest] = process.argv.slice(2);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** The link in the newest mail to `to`, waiting up to 30 s for it. */
+async function mailLink(to) {
+  const deadline = Date.now() + 30000;
+  while (Date.now() < deadline) {
+    let files = [];
+    try {
+      files = readdirSync(inbox).filter((f) => f.endsWith(".json"));
+    } catch {}
+    files.sort((a, b) => parseInt(b) - parseInt(a));
+    for (const f of files) {
+      const mail = JSON.parse(readFileSync(join(inbox, f), "utf8"));
+      if (mail.rcpt_tos.includes(to)) {
+        const m = /href="([^"]+\/verify\?[^"]+)"/.exec(mail.html);
+        if (m) return m[1].replaceAll("&amp;", "&");
+      }
+    }
+    await sleep(100);
+  }
+  throw new Error(`no mail reached ${to}`);
+}
+
+async function sessionCookie(context) {
+  return (await context.cookies()).find((c) => c.name.endsWith("session")) || null;
+}
+
+async function signUp(context, email, lang) {
+  const page = await context.newPage();
+  await page.goto(`${base}/signup?lang=${lang}`);
+  await page.fill("#email", email);
+  await page.fill("#password", "a good long password");
+  await Promise.all([page.waitForLoadState("load"), page.click("button[type=submit]")]);
+  await page.waitForSelector("h1");
+  return page;
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+const profile = (acceptLanguage = "en-US,en;q=0.9") =>
+  browser.newContext({
+    locale: acceptLanguage.split(",")[0],
+    extraHTTPHeaders: { "Accept-Language": acceptLanguage },
+  });
+
+try {
+  if (flow === "signup-click") {
+    const [email, acceptLanguage, shot] = rest;
+    const lang = acceptLanguage.slice(0, 2);
+    const context = await profile(acceptLanguage);
+    const page = await signUp(context, email, lang);
+    const link = await mailLink(email);
+    await page.goto(link);
+    // The page posts itself in this browser; wait for the page that follows.
+    try {
+      await page.waitForURL((u) => !u.pathname.startsWith("/verify"), { timeout: 15000 });
+    } catch (e) {
+      console.error(`stuck on ${page.url()}:\n${await page.content()}`);
+      throw e;
+    }
+    await page.waitForLoadState("load");
+    await page.screenshot({ path: shot, fullPage: true });
+    const cookies = await context.cookies();
+    console.log(JSON.stringify({
+      link,
+      url: page.url(),
+      lang: await page.getAttribute("html", "lang"),
+      title: await page.title(),
+      text: await page.innerText("body"),
+      cookies: cookies.map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite, secure: c.secure })),
+    }));
+  } else if (flow === "login-csrf") {
+    const [emailA, emailB, dir] = rest;
+    // A signs up in their own browser.
+    const a = await profile();
+    const pageA = await signUp(a, emailA, "en");
+    const linkA = await mailLink(emailA);
+
+    // Another profile opens A's link (a scanner that runs script, or A's
+    // link sent to someone else): it stays on the page, not signed in.
+    const other = await profile();
+    const pageOther = await other.newPage();
+    await pageOther.goto(linkA);
+    await pageOther.waitForLoadState("load");
+    await sleep(1500);
+    await pageOther.screenshot({ path: join(dir, "e2e-other-browser-verify.png"), fullPage: true });
+    const otherResult = {
+      url: pageOther.url(),
+      text: await pageOther.innerText("body"),
+      session: await sessionCookie(other),
+    };
+
+    // A opens their own link: signed in without a click.
+    await pageA.goto(linkA);
+    await pageA.waitForURL((u) => u.pathname.startsWith("/me"), { timeout: 15000 });
+    const aMe = await pageA.innerText("#me-email");
+
+    // The attacker signs up B in their browser and sends A the link.
+    const attacker = await profile();
+    await signUp(attacker, emailB, "en");
+    const linkB = await mailLink(emailB);
+    await pageA.goto(linkB);
+    await pageA.waitForLoadState("load");
+    await sleep(1500);
+    const beforeClick = { url: pageA.url(), text: await pageA.innerText("body") };
+    await Promise.all([pageA.waitForLoadState("load"), pageA.click("#verify button[type=submit]")]);
+    await pageA.waitForSelector("h1");
+    await pageA.screenshot({ path: join(dir, "e2e-signed-in-opens-other-link.png"), fullPage: true });
+    const afterClick = { url: pageA.url(), text: await pageA.innerText("body") };
+    await pageA.goto(`${base}/me?lang=en`);
+    const stillMe = await pageA.innerText("#me-email");
+    console.log(JSON.stringify({ other: otherResult, aMe, beforeClick, afterClick, stillMe }));
+  } else {
+    throw new Error(`unknown flow ${flow}`);
+  }
+} finally {
+  await browser.close();
+}
