@@ -16,6 +16,12 @@ pub const MAIL_SEND_VERSION: u32 = 1;
 pub const TEMPLATE_VERIFY_EMAIL: &str = "verify_email";
 /// Template of the "you already have an account" mail; `data` is [`AccountExistsData`].
 pub const TEMPLATE_ACCOUNT_EXISTS: &str = "account_exists";
+/// Template of the password reset mail; `data` is [`ResetPasswordData`].
+pub const TEMPLATE_RESET_PASSWORD: &str = "reset_password";
+/// Template of the "your password was changed" notice; `data` is [`PasswordChangedData`].
+pub const TEMPLATE_PASSWORD_CHANGED: &str = "password_changed";
+/// Template of the "your account was deleted" notice; `data` is [`AccountDeletedData`].
+pub const TEMPLATE_ACCOUNT_DELETED: &str = "account_deleted";
 
 /// A `mail.send` event: one mail to one recipient.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -88,19 +94,105 @@ pub struct RawContent {
 }
 
 /// `data` of the `verify_email` template.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct VerifyEmailData {
     /// The link that verifies the address and signs the user in.
+    #[schemars(url)]
     pub verify_url: String,
     /// When the link stops working.
     pub expires_at: DateTime<Utc>,
 }
 
 /// `data` of the `account_exists` template.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct AccountExistsData {
     /// Where the user can sign in instead.
+    #[schemars(url)]
     pub login_url: String,
+}
+
+/// `data` of the `reset_password` template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ResetPasswordData {
+    /// The link to the page that sets a new password (works once).
+    #[schemars(url)]
+    pub reset_url: String,
+    /// When the link stops working.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `data` of the `password_changed` notice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct PasswordChangedData {
+    /// When the password was changed.
+    pub changed_at: DateTime<Utc>,
+    /// Where to reset the password if the change was not the owner's.
+    #[schemars(url)]
+    pub forgot_url: String,
+}
+
+/// `data` of the `account_deleted` notice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct AccountDeletedData {
+    /// When the account was deleted.
+    pub deleted_at: DateTime<Utc>,
+    /// Where to sign up again.
+    #[schemars(url)]
+    pub signup_url: String,
+}
+
+/// The templates the mailer embeds (the account service's mails), each in
+/// Korean and English.
+pub const BUILT_IN_TEMPLATES: [&str; 5] = [
+    TEMPLATE_VERIFY_EMAIL,
+    TEMPLATE_ACCOUNT_EXISTS,
+    TEMPLATE_RESET_PASSWORD,
+    TEMPLATE_PASSWORD_CHANGED,
+    TEMPLATE_ACCOUNT_DELETED,
+];
+
+/// The built-in templates and the JSON Schema of their `data`, in the
+/// envelope's schema as `if template is T then data is …`.
+fn template_data_schemas() -> Vec<(&'static str, &'static str, Value)> {
+    fn schema<T: JsonSchema>() -> Value {
+        let mut v = serde_json::to_value(schemars::schema_for!(T)).expect("schema serializes");
+        if let Some(o) = v.as_object_mut() {
+            o.remove("$schema");
+        }
+        v
+    }
+    vec![
+        (
+            TEMPLATE_VERIFY_EMAIL,
+            "VerifyEmailData",
+            schema::<VerifyEmailData>(),
+        ),
+        (
+            TEMPLATE_ACCOUNT_EXISTS,
+            "AccountExistsData",
+            schema::<AccountExistsData>(),
+        ),
+        (
+            TEMPLATE_RESET_PASSWORD,
+            "ResetPasswordData",
+            schema::<ResetPasswordData>(),
+        ),
+        (
+            TEMPLATE_PASSWORD_CHANGED,
+            "PasswordChangedData",
+            schema::<PasswordChangedData>(),
+        ),
+        (
+            TEMPLATE_ACCOUNT_DELETED,
+            "AccountDeletedData",
+            schema::<AccountDeletedData>(),
+        ),
+    ]
 }
 
 /// Why an envelope was refused. The message goes into the dead-letter headers.
@@ -280,9 +372,21 @@ fn one_line(field: &str, value: &str, max: usize) -> Result<(), EnvelopeError> {
     Ok(())
 }
 
-/// The JSON Schema of the envelope, as generated from the Rust types.
+/// The JSON Schema of the envelope, as generated from the Rust types: the
+/// envelope, and for each built-in template the shape of its `data`.
 pub fn json_schema() -> Value {
-    serde_json::to_value(schemars::schema_for!(MailSend)).expect("schema serializes")
+    let mut schema =
+        serde_json::to_value(schemars::schema_for!(MailSend)).expect("schema serializes");
+    let mut rules = Vec::new();
+    for (template, name, data) in template_data_schemas() {
+        schema["$defs"][name] = data;
+        rules.push(serde_json::json!({
+            "if": {"properties": {"template": {"const": template}}, "required": ["template"]},
+            "then": {"properties": {"data": {"$ref": format!("#/$defs/{name}")}}}
+        }));
+    }
+    schema["allOf"] = Value::Array(rules);
+    schema
 }
 
 #[cfg(test)]

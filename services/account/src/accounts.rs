@@ -17,7 +17,7 @@ use crate::mails::Mails;
 use crate::outbox::{self, Relay};
 use crate::password::{HashError, Hasher, StillThere};
 use crate::schema::users;
-use crate::sessions::{self, SessionToken, SessionUser};
+use crate::sessions::{self, SessionInfo, SessionToken, SessionUser};
 use crate::token::{self, BINDING_LEN, Claims, KeyRing, TokenError};
 
 /// The browser an operation runs for: its session cookie, its user agent
@@ -49,6 +49,8 @@ pub enum AccountError {
     BadCredentials,
     #[error("not signed in")]
     NoSession,
+    #[error("no such resource")]
+    NotFound,
     #[error("too much password work queued")]
     Busy(std::time::Duration),
     #[error("the client left before the work started")]
@@ -93,6 +95,7 @@ impl AccountError {
         match self {
             Self::BadCredentials => "bad-credentials",
             Self::NoSession => "no-session",
+            Self::NotFound => "not-found",
             Self::Busy(_) => "busy",
             Self::Abandoned => "abandoned",
             Self::Token(TokenError::Expired(_)) => "token-expired",
@@ -134,6 +137,7 @@ struct UserState {
     verified_at: Option<DateTime<Utc>>,
     verify_epoch: i32,
     verification_sent_at: Option<DateTime<Utc>>,
+    password_epoch: i32,
 }
 
 /// The account operations and what they need.
@@ -204,7 +208,7 @@ impl Accounts {
                     .await?;
                 if inserted == 1 {
                     let mail = mails.verification(new_id, email.as_str(), 0, lang, binding);
-                    outbox::enqueue(conn, &mail).await?;
+                    outbox::enqueue(conn, &mail, new_id).await?;
                     return Ok(SignupOutcome::Created);
                 }
                 let user = Self::lock_by_key(conn, &key).await?;
@@ -215,7 +219,8 @@ impl Accounts {
                     )));
                 };
                 if user.verified_at.is_some() {
-                    outbox::enqueue(conn, &mails.account_exists(&user.email, lang)).await?;
+                    let mail = mails.account_exists(&user.email, lang);
+                    outbox::enqueue(conn, &mail, user.id).await?;
                     return Ok(SignupOutcome::AlreadyVerified);
                 }
                 // Still unverified: the newest sign-up wins. Its password replaces the
@@ -233,7 +238,7 @@ impl Accounts {
                     .execute(conn)
                     .await?;
                 let mail = mails.verification(user.id, &user.email, epoch, lang, binding);
-                outbox::enqueue(conn, &mail).await?;
+                outbox::enqueue(conn, &mail, user.id).await?;
                 Ok(SignupOutcome::Renewed)
             })
             .await?;
@@ -301,7 +306,7 @@ impl Accounts {
                     .unwrap_or(self.settings.default_locale);
                 let mail =
                     mails.verification(user.id, &user.email, user.verify_epoch, lang, binding);
-                outbox::enqueue(conn, &mail).await?;
+                outbox::enqueue(conn, &mail, user.id).await?;
                 Ok(true)
             })
             .await?;
@@ -498,5 +503,270 @@ impl Accounts {
         let user = self.me(session).await?;
         let mut conn = self.pool.get().await?;
         Ok(sessions::delete_all(&mut conn, user.id).await?)
+    }
+
+    /// The user with `id`, locked for the transaction.
+    async fn lock(
+        conn: &mut diesel_async::AsyncPgConnection,
+        id: Uuid,
+    ) -> Result<Option<UserState>, AccountError> {
+        Ok(users::table
+            .find(id)
+            .for_update()
+            .select(UserState::as_select())
+            .first(conn)
+            .await
+            .optional()?)
+    }
+
+    /// The account's own language, for mail to it.
+    fn lang_of(&self, user: &UserState) -> Lang {
+        Lang::from_tag(&user.locale).unwrap_or(self.settings.default_locale)
+    }
+
+    /// Mails a reset link to the address if it has an account (in the
+    /// account's language); nothing otherwise. The caller answers 202
+    /// either way; returns whether a mail was queued.
+    pub async fn forgot(&self, email: Email) -> Result<bool, AccountError> {
+        let mut conn = self.pool.get().await?;
+        let key = email.key();
+        let mails = &self.mails;
+        let sent = conn
+            .transaction::<_, AccountError, _>(async |conn| {
+                let Some(user) = Self::lock_by_key(conn, &key).await? else {
+                    return Ok(false);
+                };
+                let lang = self.lang_of(&user);
+                let mail = mails.reset_password(user.id, &user.email, user.password_epoch, lang);
+                outbox::enqueue(conn, &mail, user.id).await?;
+                Ok(true)
+            })
+            .await?;
+        if sent {
+            self.relay.wake();
+        }
+        metrics::counter!("account_password_resets_total", "step" => if sent { "mailed" } else { "unknown" })
+            .increment(1);
+        Ok(sent)
+    }
+
+    /// Opens a reset link and checks it is still the live one, changing
+    /// nothing (the new-password page names the account).
+    pub async fn inspect_reset(&self, token: &str) -> Result<Claims, AccountError> {
+        let claims = self.keys.open(token::RESET_PASSWORD, token, Utc::now())?;
+        let mut conn = self.pool.get().await?;
+        let user: Option<UserState> = users::table
+            .find(claims.user_id)
+            .select(UserState::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?;
+        Self::check_reset(user.as_ref(), &claims)?;
+        Ok(claims)
+    }
+
+    fn check_reset(user: Option<&UserState>, claims: &Claims) -> Result<(), AccountError> {
+        match user {
+            None => Err(AccountError::Token(TokenError::Forged)),
+            Some(u)
+                if u.email_key != claims.email.to_ascii_lowercase()
+                    || u.password_epoch != claims.epoch =>
+            {
+                Err(AccountError::TokenUsed {
+                    email: u.email.clone(),
+                })
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Sets a new password through a reset link: ends every session of the
+    /// account, signs this browser in, marks the address verified (the mail
+    /// proved it), kills every other reset and verification link, and
+    /// mails a notice.
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        password: Password,
+        client: &Client,
+    ) -> Result<SessionToken, AccountError> {
+        let claims = self.keys.open(token::RESET_PASSWORD, token, Utc::now())?;
+        let hash = self
+            .hasher
+            .hash(password, client.still_there.clone())
+            .await?;
+        let mut conn = self.pool.get().await?;
+        let (mails, settings) = (&self.mails, &self.settings);
+        let session = conn
+            .transaction::<_, AccountError, _>(async |conn| {
+                let user = Self::lock(conn, claims.user_id).await?;
+                Self::check_reset(user.as_ref(), &claims)?;
+                let user = user.expect("checked above");
+                diesel::update(users::table.find(user.id))
+                    .set((
+                        users::password_hash.eq(&hash),
+                        users::password_epoch.eq(user.password_epoch + 1),
+                        users::verified_at.eq(user.verified_at.unwrap_or_else(Utc::now)),
+                        users::verify_epoch.eq(user.verify_epoch + 1),
+                    ))
+                    .execute(conn)
+                    .await?;
+                sessions::delete_all(conn, user.id).await?;
+                let mail = mails.password_changed(&user.email, self.lang_of(&user));
+                outbox::enqueue(conn, &mail, user.id).await?;
+                Ok(sessions::create(
+                    conn,
+                    user.id,
+                    settings.session_ttl,
+                    client.user_agent.as_deref(),
+                )
+                .await?)
+            })
+            .await?;
+        self.relay.wake();
+        metrics::counter!("account_password_resets_total", "step" => "reset").increment(1);
+        Ok(session)
+    }
+
+    /// The signed-in user's account row, with the password check a
+    /// sensitive change needs: a wrong password is `BadCredentials`.
+    async fn reauthenticate(
+        &self,
+        session: &str,
+        password: Password,
+        client: &Client,
+    ) -> Result<UserState, AccountError> {
+        let me = self.me(session).await?;
+        let mut conn = self.pool.get().await?;
+        let user: UserState = users::table
+            .find(me.id)
+            .select(UserState::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?
+            .ok_or(AccountError::NoSession)?;
+        drop(conn);
+        let ok = self
+            .hasher
+            .verify(
+                password,
+                Some(user.password_hash.clone()),
+                client.still_there.clone(),
+            )
+            .await?;
+        if !ok {
+            metrics::counter!("account_logins_total", "outcome" => "bad-credentials").increment(1);
+            return Err(AccountError::BadCredentials);
+        }
+        Ok(user)
+    }
+
+    /// Changes the signed-in user's password: needs the current one, ends
+    /// every other session, kills pending reset links, mails a notice.
+    pub async fn change_password(
+        &self,
+        session: &str,
+        current: Password,
+        new: Password,
+        client: &Client,
+    ) -> Result<(), AccountError> {
+        let user = self.reauthenticate(session, current, client).await?;
+        let hash = self.hasher.hash(new, client.still_there.clone()).await?;
+        let mut conn = self.pool.get().await?;
+        let mails = &self.mails;
+        let keep = sessions::digest(session);
+        conn.transaction::<_, AccountError, _>(async |conn| {
+            let Some(locked) = Self::lock(conn, user.id).await? else {
+                return Err(AccountError::NoSession);
+            };
+            diesel::update(users::table.find(user.id))
+                .set((
+                    users::password_hash.eq(&hash),
+                    users::password_epoch.eq(locked.password_epoch + 1),
+                ))
+                .execute(conn)
+                .await?;
+            sessions::delete_others(conn, user.id, &keep).await?;
+            let mail = mails.password_changed(&locked.email, self.lang_of(&locked));
+            outbox::enqueue(conn, &mail, user.id).await?;
+            Ok(())
+        })
+        .await?;
+        self.relay.wake();
+        metrics::counter!("account_password_changes_total").increment(1);
+        Ok(())
+    }
+
+    /// The signed-in user's sessions, this one marked.
+    pub async fn sessions(&self, session: &str) -> Result<Vec<SessionInfo>, AccountError> {
+        let me = self.me(session).await?;
+        let mut conn = self.pool.get().await?;
+        Ok(sessions::list(&mut conn, me.id, session, self.settings.session_idle_ttl).await?)
+    }
+
+    /// Ends one of the signed-in user's sessions; another user's id, or an
+    /// unknown one, is `NotFound`.
+    pub async fn end_session(&self, session: &str, id: Uuid) -> Result<(), AccountError> {
+        let me = self.me(session).await?;
+        let mut conn = self.pool.get().await?;
+        match sessions::delete_by_id(&mut conn, me.id, id).await? {
+            0 => Err(AccountError::NotFound),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes the signed-in user's account after checking the password:
+    /// the user row, its sessions and its unsent mail go; a notice is
+    /// mailed; the address can sign up afresh.
+    pub async fn delete_account(
+        &self,
+        session: &str,
+        password: Password,
+        client: &Client,
+    ) -> Result<(), AccountError> {
+        let user = self.reauthenticate(session, password, client).await?;
+        let mut conn = self.pool.get().await?;
+        let mails = &self.mails;
+        conn.transaction::<_, AccountError, _>(async |conn| {
+            let Some(locked) = Self::lock(conn, user.id).await? else {
+                return Err(AccountError::NoSession);
+            };
+            outbox::drop_pending(conn, user.id).await?;
+            // Sessions go with the row (ON DELETE CASCADE).
+            diesel::delete(users::table.find(user.id))
+                .execute(conn)
+                .await?;
+            let mail = mails.account_deleted(&locked.email, self.lang_of(&locked));
+            outbox::enqueue(conn, &mail, user.id).await?;
+            Ok(())
+        })
+        .await?;
+        self.relay.wake();
+        metrics::counter!("account_deletions_total").increment(1);
+        Ok(())
+    }
+
+    /// Deletes accounts never verified whose last link went out more than
+    /// `ACCOUNT_UNVERIFIED_TTL` ago; returns how many.
+    pub async fn purge_unverified(&self) -> Result<usize, AccountError> {
+        let Some(cutoff) = chrono::Duration::from_std(self.settings.unverified_ttl)
+            .ok()
+            .and_then(|ttl| Utc::now().checked_sub_signed(ttl))
+        else {
+            return Ok(0);
+        };
+        let mut conn = self.pool.get().await?;
+        Ok(diesel::delete(
+            users::table
+                .filter(users::verified_at.is_null())
+                .filter(users::created_at.lt(cutoff))
+                .filter(
+                    users::verification_sent_at
+                        .is_null()
+                        .or(users::verification_sent_at.lt(cutoff)),
+                ),
+        )
+        .execute(&mut conn)
+        .await?)
     }
 }

@@ -102,6 +102,12 @@ pub struct Settings {
     /// Lifetime of a verification link (at least 1m).
     #[arg(long, env = "ACCOUNT_TOKEN_TTL", default_value = "24h", value_parser = token_ttl)]
     pub token_ttl: Duration,
+    /// Lifetime of a password reset link (at least 1m).
+    #[arg(long, env = "ACCOUNT_RESET_TTL", default_value = "1h", value_parser = at_least_a_minute)]
+    pub reset_ttl: Duration,
+    /// Accounts never verified are deleted this long after their last link was sent.
+    #[arg(long, env = "ACCOUNT_UNVERIFIED_TTL", default_value = "7d", value_parser = at_least_a_minute)]
+    pub unverified_ttl: Duration,
     /// Lifetime of a session, however much it is used.
     #[arg(long, env = "ACCOUNT_SESSION_TTL", default_value = "14d", value_parser = conf::duration)]
     pub session_ttl: Duration,
@@ -367,6 +373,8 @@ mod tests {
         assert_eq!(s.token_ttl, Duration::from_secs(86400));
         assert_eq!(s.session_ttl, Duration::from_secs(14 * 86400));
         assert_eq!(s.session_idle_ttl, Duration::from_secs(2 * 86400));
+        assert_eq!(s.reset_ttl, Duration::from_secs(3600));
+        assert_eq!(s.unverified_ttl, Duration::from_secs(7 * 86400));
         assert_eq!(s.hash_queue, Duration::from_secs(3));
         assert_eq!(s.housekeeping_interval, Duration::from_secs(600));
         for ok in ["/me", "/welcome?from=mail", "/a/b#c"] {
@@ -425,6 +433,8 @@ mod tests {
             ("ACCOUNT_POST_VERIFY_URL", "/\t/evil.example"),
             ("ACCOUNT_POST_VERIFY_URL", "me"),
             ("ACCOUNT_SESSION_IDLE_TTL", "10s"),
+            ("ACCOUNT_RESET_TTL", "5s"),
+            ("ACCOUNT_UNVERIFIED_TTL", "never"),
             ("ACCOUNT_HASH_QUEUE", "soon"),
             ("ACCOUNT_HOUSEKEEPING_INTERVAL", "0s"),
             ("ACCOUNT_WORKERS", "-1"),

@@ -50,6 +50,7 @@ impl From<AccountError> for AppError {
         match e {
             AccountError::BadCredentials => Self::BadCredentials,
             AccountError::NoSession => Self::Unauthorized,
+            AccountError::NotFound => Self::NotFound,
             AccountError::Busy(wait) => Self::Busy(wait),
             // Nobody reads this answer: the client has gone.
             AccountError::Abandoned => Self::Busy(Duration::from_secs(1)),

@@ -1,13 +1,15 @@
 //! What keeps the database small, on every instance: each
 //! `ACCOUNT_HOUSEKEEPING_INTERVAL` (and at start) it forgets idle rate-limit
-//! keys, deletes expired and idle sessions, and deletes published outbox
-//! rows past `ACCOUNT_OUTBOX_RETENTION`. Several instances doing it at once
+//! keys, deletes expired and idle sessions, accounts never verified past
+//! `ACCOUNT_UNVERIFIED_TTL`, and published outbox rows past
+//! `ACCOUNT_OUTBOX_RETENTION`. Several instances doing it at once
 //! only repeat deletes.
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::accounts::Accounts;
 use crate::config::Settings;
 use crate::db::DbPool;
 use crate::ratelimit::Limits;
@@ -17,6 +19,7 @@ pub struct Housekeeping {
     pub pool: DbPool,
     pub limits: Limits,
     pub settings: Arc<Settings>,
+    pub accounts: Accounts,
 }
 
 impl Housekeeping {
@@ -31,6 +34,11 @@ impl Housekeeping {
             Ok(n) if n > 0 => tracing::info!(count = n, "purged expired sessions"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not purge expired sessions"),
+        }
+        match self.accounts.purge_unverified().await {
+            Ok(n) if n > 0 => tracing::info!(count = n, "deleted accounts never verified"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not delete unverified accounts"),
         }
         let retention = self.settings.outbox_retention;
         if retention.is_zero() {

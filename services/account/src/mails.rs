@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use shared::envelope::{
-    AccountExistsData, TEMPLATE_ACCOUNT_EXISTS, TEMPLATE_VERIFY_EMAIL, VerifyEmailData,
+    AccountDeletedData, AccountExistsData, PasswordChangedData, ResetPasswordData,
+    TEMPLATE_ACCOUNT_DELETED, TEMPLATE_ACCOUNT_EXISTS, TEMPLATE_PASSWORD_CHANGED,
+    TEMPLATE_RESET_PASSWORD, TEMPLATE_VERIFY_EMAIL, VerifyEmailData,
 };
 use shared::{MailSend, Recipient};
 use uuid::Uuid;
@@ -45,6 +47,33 @@ impl Mails {
         }
     }
 
+    /// A link's token for `purpose`, valid for `ttl` from now.
+    fn seal(
+        &self,
+        purpose: &str,
+        user_id: Uuid,
+        email: &str,
+        epoch: i32,
+        ttl: std::time::Duration,
+        binding: Option<[u8; BINDING_LEN]>,
+    ) -> (String, DateTime<Utc>) {
+        let issued_at = now_s();
+        let expires_at =
+            issued_at + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
+        let token = self.keys.seal(
+            purpose,
+            &Claims {
+                user_id,
+                email: email.to_owned(),
+                epoch,
+                issued_at,
+                expires_at,
+                binding,
+            },
+        );
+        (token, expires_at)
+    }
+
     /// The verification mail: a link that verifies `email` for `user_id` at
     /// `epoch` and signs in, valid for `ACCOUNT_TOKEN_TTL`, bound to the
     /// browser whose binding cookie hashes to `binding` (if any).
@@ -56,20 +85,13 @@ impl Mails {
         lang: Lang,
         binding: Option<[u8; BINDING_LEN]>,
     ) -> MailSend {
-        let issued_at = now_s();
-        let expires_at = issued_at
-            + chrono::Duration::from_std(self.settings.token_ttl)
-                .unwrap_or(chrono::Duration::hours(24));
-        let token = self.keys.seal(
+        let (token, expires_at) = self.seal(
             token::VERIFY_EMAIL,
-            &Claims {
-                user_id,
-                email: email.to_owned(),
-                epoch,
-                issued_at,
-                expires_at,
-                binding,
-            },
+            user_id,
+            email,
+            epoch,
+            self.settings.token_ttl,
+            binding,
         );
         let verify_url = self
             .settings
@@ -96,6 +118,63 @@ impl Mails {
             TEMPLATE_ACCOUNT_EXISTS,
             AccountExistsData {
                 login_url: self.settings.url(&format!("/login?lang={}", lang.tag())),
+            },
+        )
+    }
+
+    /// The password reset mail: a link to the new-password page for
+    /// `user_id` at password `epoch`, valid for `ACCOUNT_RESET_TTL`.
+    pub fn reset_password(&self, user_id: Uuid, email: &str, epoch: i32, lang: Lang) -> MailSend {
+        let (token, expires_at) = self.seal(
+            token::RESET_PASSWORD,
+            user_id,
+            email,
+            epoch,
+            self.settings.reset_ttl,
+            None,
+        );
+        let reset_url = self.settings.url(&format!(
+            "/password/reset?token={token}&lang={}",
+            lang.tag()
+        ));
+        MailSend::template(
+            SOURCE,
+            Self::to(email),
+            lang.tag(),
+            TEMPLATE_RESET_PASSWORD,
+            ResetPasswordData {
+                reset_url,
+                expires_at,
+            },
+        )
+    }
+
+    /// "Your password was changed", with the way back in if it was not you.
+    pub fn password_changed(&self, email: &str, lang: Lang) -> MailSend {
+        MailSend::template(
+            SOURCE,
+            Self::to(email),
+            lang.tag(),
+            TEMPLATE_PASSWORD_CHANGED,
+            PasswordChangedData {
+                changed_at: now_s(),
+                forgot_url: self
+                    .settings
+                    .url(&format!("/password/forgot?lang={}", lang.tag())),
+            },
+        )
+    }
+
+    /// "Your account was deleted".
+    pub fn account_deleted(&self, email: &str, lang: Lang) -> MailSend {
+        MailSend::template(
+            SOURCE,
+            Self::to(email),
+            lang.tag(),
+            TEMPLATE_ACCOUNT_DELETED,
+            AccountDeletedData {
+                deleted_at: now_s(),
+                signup_url: self.settings.url(&format!("/signup?lang={}", lang.tag())),
             },
         )
     }

@@ -58,18 +58,36 @@ pub async fn purge_published(
     }
 }
 
-/// Adds a `mail.send` event to the outbox, inside the caller's transaction.
-pub async fn enqueue(conn: &mut AsyncPgConnection, mail: &MailSend) -> QueryResult<()> {
+/// Adds a `mail.send` event for `user_id`'s account to the outbox, inside
+/// the caller's transaction.
+pub async fn enqueue(
+    conn: &mut AsyncPgConnection,
+    mail: &MailSend,
+    user_id: Uuid,
+) -> QueryResult<()> {
     let payload = serde_json::to_value(mail).expect("a MailSend always serializes");
     diesel::insert_into(outbox::table)
         .values((
             outbox::id.eq(mail.id),
             outbox::routing_key.eq(MAIL_SEND_ROUTING_KEY),
             outbox::payload.eq(payload),
+            outbox::user_id.eq(user_id),
         ))
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Deletes `user_id`'s events not yet published (links of an account that
+/// is going away); returns how many.
+pub async fn drop_pending(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<usize> {
+    diesel::delete(
+        outbox::table
+            .filter(outbox::user_id.eq(user_id))
+            .filter(outbox::published_at.is_null()),
+    )
+    .execute(conn)
+    .await
 }
 
 /// The result of one relay step.

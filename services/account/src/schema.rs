@@ -11,6 +11,7 @@ diesel::table! {
         verify_epoch -> Int4,
         verification_sent_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
+        password_epoch -> Int4,
     }
 }
 
@@ -23,6 +24,7 @@ diesel::table! {
         published_at -> Nullable<Timestamptz>,
         attempts -> Int4,
         last_error -> Nullable<Text>,
+        user_id -> Nullable<Uuid>,
     }
 }
 

@@ -32,7 +32,8 @@ impl SessionToken {
     }
 }
 
-fn digest(token: &str) -> Vec<u8> {
+/// What the database keeps of a session token.
+pub fn digest(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
@@ -127,6 +128,85 @@ pub async fn delete(conn: &mut AsyncPgConnection, token: &str) -> QueryResult<()
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// One of a user's sessions, as the person sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub user_agent: Option<String>,
+    /// The session of the request that asked.
+    pub current: bool,
+}
+
+/// `user_id`'s live sessions, newest use first; `current` marks `token`'s.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    token: &str,
+    idle: std::time::Duration,
+) -> QueryResult<Vec<SessionInfo>> {
+    let now = Utc::now();
+    let mine = digest(token);
+    type Row = (Uuid, DateTime<Utc>, DateTime<Utc>, Option<String>, Vec<u8>);
+    let rows: Vec<Row> = sessions::table
+        .filter(sessions::user_id.eq(user_id))
+        .filter(sessions::expires_at.gt(now))
+        .filter(sessions::last_seen_at.gt(now - delta(idle)))
+        .order(sessions::last_seen_at.desc())
+        .select((
+            sessions::id,
+            sessions::created_at,
+            sessions::last_seen_at,
+            sessions::user_agent,
+            sessions::token_hash,
+        ))
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, created_at, last_seen_at, user_agent, hash)| SessionInfo {
+                id,
+                created_at,
+                last_seen_at,
+                user_agent,
+                current: hash == mine,
+            },
+        )
+        .collect())
+}
+
+/// Ends `user_id`'s session `id`; 0 when it is not theirs (or not there).
+pub async fn delete_by_id(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    id: Uuid,
+) -> QueryResult<usize> {
+    diesel::delete(
+        sessions::table
+            .filter(sessions::id.eq(id))
+            .filter(sessions::user_id.eq(user_id)),
+    )
+    .execute(conn)
+    .await
+}
+
+/// Ends every session of `user_id` but the one whose hash is `keep`.
+pub async fn delete_others(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    keep: &[u8],
+) -> QueryResult<usize> {
+    diesel::delete(
+        sessions::table
+            .filter(sessions::user_id.eq(user_id))
+            .filter(sessions::token_hash.ne(keep)),
+    )
+    .execute(conn)
+    .await
 }
 
 /// Ends every session of `user_id`; returns how many.

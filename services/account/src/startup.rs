@@ -116,8 +116,9 @@ impl Application {
             settings.hash_concurrency(),
             settings.hash_queue,
         );
+        let accounts = Accounts::new(pool.clone(), hasher, keys, relay.clone(), settings.clone());
         let state = web::Data::new(AppState {
-            accounts: Accounts::new(pool.clone(), hasher, keys, relay.clone(), settings.clone()),
+            accounts: accounts.clone(),
             limits: limits.clone(),
             views: Views::default(),
             health: Health::new(pool.clone(), publisher),
@@ -179,6 +180,7 @@ impl Application {
                 pool,
                 limits,
                 settings: settings.clone(),
+                accounts,
             }
             .run(rx),
         );

@@ -24,6 +24,8 @@ use uuid::Uuid;
 
 /// The purpose of a verification link; a token sealed for another purpose never opens here.
 pub const VERIFY_EMAIL: &str = "verify-email/v1";
+/// The purpose of a password reset link.
+pub const RESET_PASSWORD: &str = "reset-password/v1";
 
 /// The version this code seals.
 const VERSION: &str = "v2";

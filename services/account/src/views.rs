@@ -30,6 +30,9 @@ impl Default for Views {
             ("verify.html", include_str!("../templates/verify.html")),
             ("login.html", include_str!("../templates/login.html")),
             ("me.html", include_str!("../templates/me.html")),
+            ("forgot.html", include_str!("../templates/forgot.html")),
+            ("reset.html", include_str!("../templates/reset.html")),
+            ("delete.html", include_str!("../templates/delete.html")),
         ] {
             env.add_template(name, src)
                 .expect("embedded templates parse");

@@ -47,6 +47,24 @@ const EMBEDDED: &[(&str, &str)] = embedded![
     "account_exists/en/subject.txt",
     "account_exists/en/body.html",
     "account_exists/en/body.txt",
+    "reset_password/ko/subject.txt",
+    "reset_password/ko/body.html",
+    "reset_password/ko/body.txt",
+    "reset_password/en/subject.txt",
+    "reset_password/en/body.html",
+    "reset_password/en/body.txt",
+    "password_changed/ko/subject.txt",
+    "password_changed/ko/body.html",
+    "password_changed/ko/body.txt",
+    "password_changed/en/subject.txt",
+    "password_changed/en/body.html",
+    "password_changed/en/body.txt",
+    "account_deleted/ko/subject.txt",
+    "account_deleted/ko/body.html",
+    "account_deleted/ko/body.txt",
+    "account_deleted/en/subject.txt",
+    "account_deleted/en/body.html",
+    "account_deleted/en/body.txt",
 ];
 
 /// All templates, compiled.
@@ -264,6 +282,57 @@ mod tests {
             )
             .unwrap();
         assert!(exists.html.contains("https://acc.example/login"));
+    }
+
+    #[test]
+    fn every_built_in_template_renders_in_both_languages_with_its_data() {
+        let t = Templates::load(None, "en").unwrap();
+        let data = json!({
+            "verify_url": "https://acc.example/verify?token=v2.k.ABC",
+            "reset_url": "https://acc.example/password/reset?token=v2.k.DEF",
+            "login_url": "https://acc.example/login",
+            "forgot_url": "https://acc.example/password/forgot",
+            "signup_url": "https://acc.example/signup",
+            "expires_at": "2026-11-25T10:00:00Z",
+            "changed_at": "2026-11-25T10:00:00Z",
+            "deleted_at": "2026-11-25T10:00:00Z",
+        });
+        for template in shared::envelope::BUILT_IN_TEMPLATES {
+            for locale in ["ko", "en"] {
+                assert_eq!(
+                    t.resolve_locale(template, locale).as_deref(),
+                    Some(locale),
+                    "{template}/{locale} is embedded"
+                );
+                let r = t
+                    .render(template, locale, data.as_object().unwrap(), None)
+                    .unwrap_or_else(|e| panic!("{template}/{locale}: {e}"));
+                assert!(!r.subject.is_empty() && !r.subject.contains('\n'));
+                assert!(r.html.contains(&format!("<html lang=\"{locale}\">")));
+                let links = [
+                    "verify_url",
+                    "reset_url",
+                    "login_url",
+                    "forgot_url",
+                    "signup_url",
+                ];
+                let used: Vec<&str> = links
+                    .iter()
+                    .map(|k| data[k].as_str().unwrap())
+                    .filter(|url| r.text.contains(url))
+                    .collect();
+                assert!(
+                    !used.is_empty(),
+                    "{template}/{locale}: a link in the text part"
+                );
+                for url in used {
+                    assert!(
+                        r.html.contains(url),
+                        "{template}/{locale}: {url} in both parts"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -23,8 +23,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/login", web::post().to(login))
             .route("/logout", web::post().to(logout))
             .route("/logout/all", web::post().to(logout_all))
-            .route("/me", web::get().to(me)),
+            .route("/me", web::get().to(me))
+            .route("/me", web::delete().to(delete_me))
+            .route("/password/forgot", web::post().to(forgot))
+            .route("/password/reset", web::post().to(reset))
+            .route("/password", web::post().to(change_password))
+            .route("/sessions", web::get().to(sessions))
+            .route("/sessions/{id}", web::delete().to(end_session)),
     );
+}
+
+/// The signed-in browser's session token, or 401.
+fn signed_in(req: &HttpRequest, state: &AppState) -> Result<String, AppError> {
+    session_token(req, &state.settings).ok_or(AppError::Unauthorized)
+}
+
+fn one_field<T>(r: Result<T, FieldError>) -> Result<T, AppError> {
+    r.map_err(|e| AppError::Validation(vec![e]))
 }
 
 #[derive(Deserialize)]
@@ -186,4 +201,139 @@ async fn me(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse
     Ok(HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))
         .json(user))
+}
+
+#[derive(Deserialize)]
+struct ForgotRequest {
+    email: Option<String>,
+}
+
+/// Always 202, with the same body and at the same speed for every address:
+/// the mail is queued off the request's path.
+#[tracing::instrument(name = "api.password_forgot", skip_all)]
+async fn forgot(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<ForgotRequest>,
+) -> Result<HttpResponse, AppError> {
+    let email =
+        one_field(required(body.into_inner().email, "email").and_then(|e| Email::parse(&e)))?;
+    rate_limit(&req, &state, &email)?;
+    let accounts = state.accounts.clone();
+    tokio::spawn(async move {
+        if let Err(e) = accounts.forgot(email).await {
+            tracing::warn!(error = %e, "could not queue a password reset mail");
+        }
+    });
+    Ok(accepted())
+}
+
+#[derive(Deserialize)]
+struct ResetRequest {
+    token: Option<String>,
+    password: Option<String>,
+}
+
+/// Sets a new password with a reset link's token; signs this client in.
+#[tracing::instrument(name = "api.password_reset", skip_all)]
+async fn reset(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<ResetRequest>,
+) -> Result<HttpResponse, AppError> {
+    let body = body.into_inner();
+    let (token, password) = fields(
+        required(body.token, "token"),
+        required(body.password, "password").and_then(Password::parse_new),
+    )?;
+    let client = Client {
+        session: None,
+        ..client(&req, &state.settings)
+    };
+    let session = state
+        .accounts
+        .reset_password(&token, password, &client)
+        .await?;
+    Ok(HttpResponse::Ok()
+        .cookie(session_cookie(&state.settings, session.as_str()))
+        .json(json!({"status": "password-reset"})))
+}
+
+#[derive(Deserialize)]
+struct ChangePasswordRequest {
+    current_password: Option<String>,
+    new_password: Option<String>,
+}
+
+/// Changes the password of the signed-in user (the current one required);
+/// every other session ends. A wrong current password counts as a failed login.
+#[tracing::instrument(name = "api.password_change", skip_all)]
+async fn change_password(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<ChangePasswordRequest>,
+) -> Result<HttpResponse, AppError> {
+    let session = signed_in(&req, &state)?;
+    let body = body.into_inner();
+    let (current, new) = fields(
+        required(body.current_password, "current_password").and_then(Password::parse_login),
+        required(body.new_password, "new_password").and_then(Password::parse_new),
+    )?;
+    let me = state.accounts.me(&session).await?;
+    rate_limit(&req, &state, &Email::stored(me.email))?;
+    state
+        .accounts
+        .change_password(&session, current, new, &client(&req, &state.settings))
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The signed-in user's sessions.
+#[tracing::instrument(name = "api.sessions", skip_all)]
+async fn sessions(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let session = signed_in(&req, &state)?;
+    let list = state.accounts.sessions(&session).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(json!({ "sessions": list })))
+}
+
+/// Ends one of the signed-in user's sessions (another user's: 404).
+#[tracing::instrument(name = "api.end_session", skip_all)]
+async fn end_session(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let session = signed_in(&req, &state)?;
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| AppError::NotFound)?;
+    state.accounts.end_session(&session, id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+struct DeleteRequest {
+    password: Option<String>,
+}
+
+/// Deletes the signed-in user's account (the password required).
+#[tracing::instrument(name = "api.delete_me", skip_all)]
+async fn delete_me(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<DeleteRequest>,
+) -> Result<HttpResponse, AppError> {
+    let session = signed_in(&req, &state)?;
+    let password = one_field(
+        required(body.into_inner().password, "password").and_then(Password::parse_login),
+    )?;
+    let me = state.accounts.me(&session).await?;
+    rate_limit(&req, &state, &Email::stored(me.email))?;
+    state
+        .accounts
+        .delete_account(&session, password, &client(&req, &state.settings))
+        .await?;
+    Ok(HttpResponse::NoContent()
+        .cookie(removal_cookie(&state.settings))
+        .finish())
 }

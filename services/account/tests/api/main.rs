@@ -1,6 +1,7 @@
 //! Tests of the account service against the machine's real PostgreSQL and RabbitMQ.
 
 mod binary;
+mod credentials;
 mod helpers;
 mod outbox;
 mod pages;
