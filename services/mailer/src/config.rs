@@ -57,6 +57,9 @@ pub struct Settings {
     /// The resolved RabbitMQ URL.
     #[arg(skip = SecretString::from(""))]
     pub amqp_url: SecretString,
+    /// The broker user of the resolved URL (RabbitMQ's `guest` when it names none).
+    #[arg(skip)]
+    pub amqp_user: String,
     /// Prefix of every exchange and queue name; must equal ACCOUNT_AMQP_PREFIX.
     #[arg(long = "amqp-prefix", value_name = "PREFIX", env = "MAILER_AMQP_PREFIX", default_value = "", value_parser = conf::topology)]
     pub topology: Topology,
@@ -110,6 +113,15 @@ pub struct Settings {
         default_value_t = 0
     )]
     send_rate_value: u32,
+    /// Events larger than this are dead-lettered unread (bytes, or with KiB/MiB).
+    #[arg(long, env = "MAILER_MAX_EVENT_BYTES", default_value = "256KiB", value_parser = byte_size)]
+    pub max_event_bytes: usize,
+    /// Who may publish what: `account=verify_email,account_exists;billing=*raw*` (`*` any template, `*raw*` raw content). Unset: every source, everything.
+    #[arg(long, env = "MAILER_SOURCES", value_parser = crate::policy::sources)]
+    pub sources: Option<crate::policy::Sources>,
+    /// With MAILER_SOURCES: refuse events whose publisher did not set the AMQP user_id (then a source is proven, not claimed).
+    #[arg(long, env = "MAILER_REQUIRE_USER_ID", default_value = "false", value_parser = conf::boolean, action = clap::ArgAction::Set)]
+    pub require_user_id: bool,
     /// How long SIGTERM waits for mail in flight.
     #[arg(long, env = "MAILER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = conf::duration)]
     pub shutdown_timeout: Duration,
@@ -138,12 +150,46 @@ pub fn retry_delays(s: &str) -> Result<RetryDelays, String> {
     Ok(RetryDelays(delays))
 }
 
+/// Value parser of a size in bytes: `262144`, `256KiB`, `1MiB`.
+fn byte_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        _ => {
+            return Err(format!(
+                "expected bytes like 262144, 256KiB or 1MiB, got {s:?}"
+            ));
+        }
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("expected bytes like 262144, 256KiB or 1MiB, got {s:?}"))
+}
+
 fn smtp_url(s: &str) -> Result<SecretString, String> {
     url::Url::parse(s.trim())
         .ok()
         .filter(|u| matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some())
         .map(|_| SecretString::from(s.trim().to_owned()))
         .ok_or_else(|| "expected smtp://user@host:587?tls=required or smtps://user@host:465".into())
+}
+
+/// The user name of a URL, percent-decoded (`ID%40naver.com` is `ID@naver.com`).
+fn url_user(url: &url::Url) -> Option<String> {
+    Some(url.username()).filter(|u| !u.is_empty()).map(|u| {
+        url::form_urlencoded::parse(format!("u={u}").as_bytes())
+            .next()
+            .map_or_else(|| u.to_owned(), |(_, v)| v.into_owned())
+    })
 }
 
 fn mailbox(s: &str) -> Result<Mailbox, String> {
@@ -180,6 +226,10 @@ impl Settings {
         .unwrap_or_else(|| SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"));
         conf::amqp_url(self.amqp_url.expose_secret())
             .map_err(|e| ConfigError::new("MAILER_AMQP_URL", e))?;
+        self.amqp_user = url::Url::parse(self.amqp_url.expose_secret())
+            .ok()
+            .and_then(|u| url_user(&u))
+            .unwrap_or_else(|| "guest".to_owned());
         let password = conf::secret(
             "MAILER_SMTP_PASSWORD",
             self.smtp_password.take(),
@@ -202,14 +252,7 @@ impl Settings {
                         "the password is also in MAILER_SMTP_URL; keep one",
                     ));
                 }
-                let user = Some(parsed.username().to_owned())
-                    .filter(|u| !u.is_empty())
-                    .map(|u| {
-                        url::form_urlencoded::parse(format!("u={u}").as_bytes())
-                            .next()
-                            .map(|(_, v)| v.into_owned())
-                            .unwrap_or(u)
-                    });
+                let user = url_user(&parsed);
                 Outbound::Smtp {
                     url,
                     password,
@@ -337,6 +380,13 @@ mod tests {
         assert_eq!(s.send_rate(), None);
         assert_eq!(s.default_locale, "en");
         assert!(s.template_dir.is_none() && !s.log_json);
+        assert_eq!(s.max_event_bytes, 256 * 1024);
+        assert_eq!(s.amqp_user, "guest");
+        let named = settings(&[("MAILER_AMQP_URL", "amqp://mail%2Der:pw@mq:5672/%2f")]).unwrap();
+        assert_eq!(named.amqp_user, "mail-er");
+        assert!(s.sources.is_none() && !s.require_user_id);
+        let sized = settings(&[("MAILER_MAX_EVENT_BYTES", "1MiB")]).unwrap();
+        assert_eq!(sized.max_event_bytes, 1 << 20);
         assert_eq!(
             s.amqp_url.expose_secret(),
             "amqp://guest:guest@127.0.0.1:5672/%2f"
@@ -425,6 +475,10 @@ mod tests {
             ("MAILER_SHUTDOWN_TIMEOUT", "never"),
             ("MAILER_LOG_FORMAT", "xml"),
             ("MAILER_TEMPLATE_DIR", "/nonexistent/templates"),
+            ("MAILER_MAX_EVENT_BYTES", "0"),
+            ("MAILER_MAX_EVENT_BYTES", "256 kB"),
+            ("MAILER_SOURCES", "account"),
+            ("MAILER_REQUIRE_USER_ID", "perhaps"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{var}={value}: {err}");

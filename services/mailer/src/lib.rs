@@ -15,6 +15,7 @@ pub mod message;
 pub mod metrics;
 pub mod outlet;
 pub mod pipeline;
+pub mod policy;
 pub mod routing;
 pub mod startup;
 pub mod templates;

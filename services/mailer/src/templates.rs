@@ -49,6 +49,14 @@ const EMBEDDED: &[(&str, &str)] = embedded![
     "account_exists/en/body.txt",
 ];
 
+/// Whether `template` is one of the embedded templates (an operator's
+/// override of one still counts): their `*_url` fields are checked.
+pub fn builtin(template: &str) -> bool {
+    EMBEDDED
+        .iter()
+        .any(|(path, _)| path.split('/').next() == Some(template))
+}
+
 /// All templates, compiled.
 pub struct Templates {
     env: Environment<'static>,
