@@ -12,10 +12,11 @@ use shared::{Body, MailSend};
 
 use crate::config::Settings;
 use crate::dedupe::Sent;
+use crate::dkim::Signer;
 use crate::message::build_message;
 use crate::outlet::{DeliveryError, Outlet};
 use crate::policy::{self, Sources};
-use crate::templates::{self, Rendered, Templates};
+use crate::templates::{self, House, Rendered, Templates};
 
 /// What became of an event that needs no retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +43,10 @@ pub struct Pipeline {
     pub templates: Arc<Templates>,
     pub outlet: Outlet,
     pub sent: Arc<Sent>,
+    /// The From of every mail: MAILER_FROM's address, the brand as its name.
     pub from: Mailbox,
+    /// Signs every message when DKIM is configured.
+    pub dkim: Option<Arc<Signer>>,
     pub limiter: Option<Arc<governor::DefaultDirectRateLimiter>>,
     /// MAILER_MAX_EVENT_BYTES.
     pub max_event_bytes: usize,
@@ -54,8 +58,14 @@ pub struct Pipeline {
 impl Pipeline {
     /// The pipeline the settings describe, delivering to `outlet`.
     pub fn new(settings: &Settings, outlet: Outlet) -> Result<Self, anyhow::Error> {
+        let house = House {
+            brand: settings.brand(),
+            support_address: settings.support_address.as_ref().map(|a| a.to_string()),
+            zones: settings.time_zones(),
+        };
         let templates = Templates::load(settings.template_dir.as_deref(), &settings.default_locale)
-            .map_err(|e| anyhow::anyhow!("MAILER_TEMPLATE_DIR: {e:#}"))?;
+            .map_err(|e| anyhow::anyhow!("MAILER_TEMPLATE_DIR: {e:#}"))?
+            .with_house(house);
         let limiter = settings
             .send_rate()
             .and_then(std::num::NonZeroU32::new)
@@ -68,7 +78,8 @@ impl Pipeline {
             templates: Arc::new(templates),
             outlet,
             sent: Arc::new(Sent::new(100_000)),
-            from: settings.from.clone(),
+            from: settings.sender(),
+            dkim: settings.dkim.clone(),
             limiter,
             max_event_bytes: settings.max_event_bytes,
             sources: settings.sources.clone(),
@@ -153,7 +164,11 @@ impl Pipeline {
                 text: content.text.clone(),
             },
         };
-        build_message(mail, &rendered, &self.from)
+        let mut message = build_message(mail, &rendered, &self.from)?;
+        if let Some(dkim) = &self.dkim {
+            dkim.sign(&mut message);
+        }
+        Ok(message)
     }
 }
 

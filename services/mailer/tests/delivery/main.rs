@@ -3,6 +3,7 @@
 
 mod helpers;
 mod hostile;
+mod quality;
 mod transport;
 
 use std::collections::HashSet;
