@@ -442,6 +442,33 @@ pub enum Command {
     /// Look at dead letters, or send them back to the work queue.
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Print a mail as the mailer would send it, without sending it: check
+    /// an overridden template (MAILER_TEMPLATE_DIR) before deploying it.
+    Render(RenderArgs),
+}
+
+/// `mailer render ...`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct RenderArgs {
+    /// The template, e.g. `verify_email`.
+    #[arg(long)]
+    pub template: String,
+    /// The mail's language.
+    #[arg(long, default_value = "en")]
+    pub locale: String,
+    /// The template's data, a JSON object, as an event's `data`.
+    #[arg(long, default_value = "{}")]
+    pub data: String,
+    /// The recipient.
+    #[arg(long, default_value = "preview@example.com")]
+    pub to: String,
+    /// The recipient's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Write to this file instead of printing: `.eml` the whole message as
+    /// sent, `.html` the HTML part, `.txt` the text part.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `mailer dead ...`.
@@ -687,5 +714,14 @@ mod tests {
         ));
         assert!(parse(&["mailer", "dead", "requeue"]).is_err());
         assert!(parse(&["mailer", "dead", "requeue", "--all", "a"]).is_err());
+        assert!(matches!(
+            parse(&["mailer", "render", "--template", "verify_email", "--locale", "ko"]).unwrap(),
+            Some(Command::Render(RenderArgs { ref template, ref locale, out: None, .. }))
+                if template == "verify_email" && locale == "ko"
+        ));
+        assert!(
+            parse(&["mailer", "render"]).is_err(),
+            "--template is required"
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use lettre::Message;
 use lettre::message::Mailbox;
+use shared::config::ConfigError;
 use shared::{Body, MailSend};
 
 use crate::config::Settings;
@@ -63,8 +64,9 @@ impl Pipeline {
             support_address: settings.support_address.as_ref().map(|a| a.to_string()),
             zones: settings.time_zones(),
         };
+        // A configuration error: `main` stops the start with its one line.
         let templates = Templates::load(settings.template_dir.as_deref(), &settings.default_locale)
-            .map_err(|e| anyhow::anyhow!("MAILER_TEMPLATE_DIR: {e:#}"))?
+            .map_err(|e| ConfigError::new("MAILER_TEMPLATE_DIR", format!("{e:#}")))?
             .with_house(house);
         let limiter = settings
             .send_rate()
@@ -147,9 +149,17 @@ impl Pipeline {
     }
 
     /// The message of `mail` as it would be sent: the links of a built-in
-    /// template checked, the template rendered, the MIME message built.
+    /// template checked, the template rendered, the MIME message built and
+    /// signed.
     pub fn compose(&self, mail: &MailSend) -> Result<Message, DeliveryError> {
-        let rendered = match &mail.body {
+        let rendered = self.render(mail)?;
+        self.build(mail, &rendered)
+    }
+
+    /// The parts of `mail`: its template rendered (links of a built-in one
+    /// checked first), or its raw content.
+    pub fn render(&self, mail: &MailSend) -> Result<Rendered, DeliveryError> {
+        Ok(match &mail.body {
             Body::Template { template, data } => {
                 if templates::builtin(template) {
                     policy::check_links(data).map_err(DeliveryError::permanent)?;
@@ -163,8 +173,13 @@ impl Pipeline {
                 html: content.html.clone(),
                 text: content.text.clone(),
             },
-        };
-        let mut message = build_message(mail, &rendered, &self.from)?;
+        })
+    }
+
+    /// The MIME message of `mail` with its `rendered` parts, DKIM-signed
+    /// when configured.
+    pub fn build(&self, mail: &MailSend, rendered: &Rendered) -> Result<Message, DeliveryError> {
+        let mut message = build_message(mail, rendered, &self.from)?;
         if let Some(dkim) = &self.dkim {
             dkim.sign(&mut message);
         }

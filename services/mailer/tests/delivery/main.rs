@@ -3,6 +3,7 @@
 
 mod helpers;
 mod hostile;
+mod preview;
 mod quality;
 mod transport;
 
