@@ -114,7 +114,7 @@ impl Application {
         let state = web::Data::new(AppState {
             accounts: Accounts::new(pool.clone(), hasher, keys, relay.clone(), settings.clone()),
             limits: limits.clone(),
-            views: Views::default(),
+            views: Views::new(settings.brand.clone()),
             health: Health::new(pool.clone(), publisher),
             metrics: {
                 let handle = metrics_handle();
