@@ -194,22 +194,22 @@ pub struct Broker {
 
 impl Broker {
     pub async fn connect() -> Self {
-        let conn = Connection::connect(AMQP, ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ on 127.0.0.1:5672");
-        let ch = conn.create_channel().await.unwrap();
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        Self { _conn: conn, ch }
+        Self::connect_url(AMQP).await
     }
 
     /// Connects as another broker user (see [`BrokerUser`]).
     pub async fn connect_as(user: &BrokerUser) -> Self {
-        let url = format!("amqp://{}:{}@127.0.0.1:5672/%2f", user.name, user.password);
-        let conn = Connection::connect(&url, ConnectionProperties::default())
+        Self::connect_url(&format!(
+            "amqp://{}:{}@127.0.0.1:5672/%2f",
+            user.name, user.password
+        ))
+        .await
+    }
+
+    async fn connect_url(url: &str) -> Self {
+        let conn = Connection::connect(url, ConnectionProperties::default())
             .await
-            .expect("the test's broker user connects");
+            .expect("RabbitMQ on 127.0.0.1:5672");
         let ch = conn.create_channel().await.unwrap();
         ch.confirm_select(ConfirmSelectOptions::default())
             .await

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use shared::{Body, MailSend, RawContent};
+use shared::{Body, MailSend, RawContent, Topology};
 
 use super::helpers::*;
 use super::verify_event;
@@ -23,6 +23,14 @@ fn raw_event(source: &str, to: &str, html: String) -> MailSend {
         },
     };
     event
+}
+
+/// Publishes `event`, with the AMQP `user_id` given, into the mailer's queue.
+async fn publish(broker: &Broker, t: &Topology, event: &MailSend, user_id: Option<&str>) {
+    broker
+        .try_publish(t, &event.to_vec(), user_id)
+        .await
+        .expect("the broker takes it");
 }
 
 /// The id of an event as serde writes it (first), without parsing the rest.
@@ -76,65 +84,44 @@ async fn a_hostile_publisher_gets_every_trick_dead_lettered_and_the_worker_goes_
         a,
         verify_event("v1@example.com", "en", "https://a.example/v"),
     );
-    as_billing
-        .try_publish(t, &claimed.to_vec(), Some(b))
-        .await
-        .unwrap();
+    publish(&as_billing, t, &claimed, Some(b)).await;
     expected.insert(claimed.id, "was published by broker user");
     // ... or leaves user_id out, hoping the envelope's word is taken.
     let unsigned = from_source(
         a,
         verify_event("v2@example.com", "en", "https://a.example/v"),
     );
-    as_billing
-        .try_publish(t, &unsigned.to_vec(), None)
-        .await
-        .unwrap();
+    publish(&as_billing, t, &unsigned, None).await;
     expected.insert(unsigned.id, "no AMQP user_id");
     // Billing, as itself, uses a template it may not.
     let template = from_source(
         b,
         verify_event("v3@example.com", "en", "https://a.example/v"),
     );
-    as_billing
-        .try_publish(t, &template.to_vec(), Some(b))
-        .await
-        .unwrap();
+    publish(&as_billing, t, &template, Some(b)).await;
     expected.insert(template.id, "may not send template \"verify_email\"");
     // The account service may send its templates only, no raw mail.
     let raw = raw_event(a, "v4@example.com", "<p>pay here</p>".into());
-    as_account
-        .try_publish(t, &raw.to_vec(), Some(a))
-        .await
-        .unwrap();
+    publish(&as_account, t, &raw, Some(a)).await;
     expected.insert(raw.id, "may not send raw content");
     // A link that runs script in the reader's mail client.
     let script = from_source(
         a,
         verify_event("v5@example.com", "en", "javascript:alert(document.cookie)"),
     );
-    as_account
-        .try_publish(t, &script.to_vec(), Some(a))
-        .await
-        .unwrap();
+    publish(&as_account, t, &script, Some(a)).await;
     expected.insert(script.id, "`verify_url` must be an https: link");
     // A plain-http link to another host would carry the token in clear.
     let clear = from_source(
         a,
         verify_event("v6@example.com", "en", "http://acc.example/verify?token=t"),
     );
-    as_account
-        .try_publish(t, &clear.to_vec(), Some(a))
-        .await
-        .unwrap();
+    publish(&as_account, t, &clear, Some(a)).await;
     expected.insert(clear.id, "`verify_url` must be an https: link");
     // 15 MiB of raw mail from a source that may send raw mail.
     let before = peak_rss(pid);
     let huge = raw_event(b, "v7@example.com", "A".repeat(15 << 20));
-    as_billing
-        .try_publish(t, &huge.to_vec(), Some(b))
-        .await
-        .unwrap();
+    publish(&as_billing, t, &huge, Some(b)).await;
     expected.insert(huge.id, "more than MAILER_MAX_EVENT_BYTES (262144)");
     // Just over the cap and cut short: were it parsed before its size was
     // looked at, the reason would be "invalid JSON".
@@ -155,15 +142,9 @@ async fn a_hostile_publisher_gets_every_trick_dead_lettered_and_the_worker_goes_
             "https://a.example/verify?token=ok",
         ),
     );
-    as_account
-        .try_publish(t, &honest.to_vec(), Some(a))
-        .await
-        .unwrap();
+    publish(&as_account, t, &honest, Some(a)).await;
     let invoice = raw_event(b, "invoice@example.com", "<p>₩12,000</p>".into());
-    as_billing
-        .try_publish(t, &invoice.to_vec(), Some(b))
-        .await
-        .unwrap();
+    publish(&as_billing, t, &invoice, Some(b)).await;
 
     let mails = env.wait_for_mail(2, Duration::from_secs(30)).await;
     let mut to: Vec<String> = mails

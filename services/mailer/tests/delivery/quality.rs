@@ -44,11 +44,10 @@ fn event(template: &str, locale: &str, data: &Value, to: &str) -> MailSend {
     MailSend::template("account", to, locale, template, data)
 }
 
-fn branded() -> Vec<(&'static str, String)> {
-    vec![
-        ("MAILER_BRAND", BRAND.to_owned()),
-        ("MAILER_SUPPORT_ADDRESS", SUPPORT.to_owned()),
-    ]
+/// The mailer with a brand and a support address.
+async fn branded_mailer(env: &Env) -> Mailer {
+    env.mailer(&[("MAILER_BRAND", BRAND), ("MAILER_SUPPORT_ADDRESS", SUPPORT)])
+        .await
 }
 
 /// One delivered mail: which template and language, the SMTP server's
@@ -107,9 +106,7 @@ fn text_of<'a>(m: &'a Delivered, part: &str) -> &'a str {
 async fn every_template_says_who_sent_it_and_why_and_shows_local_time() {
     let env = Env::new();
     let _smtp = env.smtp().await;
-    let vars = branded();
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let _mailer = env.mailer(&vars).await;
+    let _mailer = branded_mailer(&env).await;
     for m in deliver(&env, vec![]).await {
         let (html, text) = (text_of(&m, "html"), text_of(&m, "text"));
         let what = format!("{} {}", m.template, m.locale);
@@ -325,9 +322,7 @@ fn spam_score(eml: &Path) -> (f64, String) {
 async fn every_builtin_template_scores_at_most_half_a_point_with_spamassassin() {
     let env = Env::new();
     let _smtp = env.smtp().await;
-    let vars = branded();
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let _mailer = env.mailer(&vars).await;
+    let _mailer = branded_mailer(&env).await;
     let mut scores = Vec::new();
     for m in deliver(&env, vec![]).await {
         let (score, status) = spam_score(&m.eml);
@@ -344,9 +339,7 @@ async fn every_builtin_template_scores_at_most_half_a_point_with_spamassassin() 
 async fn rendered_mail_fits_a_phone_and_keeps_korean_words_whole() {
     let env = Env::new();
     let _smtp = env.smtp().await;
-    let vars = branded();
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let _mailer = env.mailer(&vars).await;
+    let _mailer = branded_mailer(&env).await;
     let artifacts = root().join("tests/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let mut pages = Vec::new();
