@@ -49,6 +49,10 @@ fi
 if ! command -v spamassassin >/dev/null; then
   apt_install --no-install-recommends spamassassin
 fi
+# The DKIM test makes its RSA and Ed25519 keys with the openssl command.
+if ! command -v openssl >/dev/null; then
+  apt_install --no-install-recommends openssl
+fi
 
 # kubectl renders deploy/k8s with its built-in kustomize. Our machines come
 # with one; elsewhere Debian's kubernetes-client (older, same kustomize features).
