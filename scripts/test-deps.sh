@@ -44,6 +44,16 @@ if ! command -v promtool >/dev/null; then
   apt_install --no-install-recommends prometheus
 fi
 
+# SpamAssassin scores every built-in mail template with its local rules
+# (services/mailer/tests/delivery/quality.rs); no network tests, no Bayes.
+if ! command -v spamassassin >/dev/null; then
+  apt_install --no-install-recommends spamassassin
+fi
+# The DKIM test makes its RSA and Ed25519 keys with the openssl command.
+if ! command -v openssl >/dev/null; then
+  apt_install --no-install-recommends openssl
+fi
+
 # kubectl renders deploy/k8s with its built-in kustomize. Our machines come
 # with one; elsewhere Debian's kubernetes-client (older, same kustomize features).
 if ! command -v kubectl >/dev/null; then

@@ -128,6 +128,9 @@ pub struct Settings {
     /// Where `POST /verify` redirects: a path on this site.
     #[arg(long, env = "ACCOUNT_POST_VERIFY_URL", default_value = "/me", value_parser = site_path)]
     pub post_verify_url: String,
+    /// The product's name in page titles and at the top of every page (the same as MAILER_BRAND) [default: "Account" / "계정"].
+    #[arg(long, env = "ACCOUNT_BRAND")]
+    pub brand: Option<String>,
     /// `ko` or `en`, when the browser asks for neither.
     #[arg(long, env = "ACCOUNT_DEFAULT_LOCALE", default_value = "en", value_parser = locale)]
     pub default_locale: Lang,

@@ -120,7 +120,7 @@ impl Application {
         let state = web::Data::new(AppState {
             accounts: accounts.clone(),
             limits: limits.clone(),
-            views: Views::default(),
+            views: Views::new(settings.brand.clone()),
             health: Health::new(pool.clone(), publisher),
             metrics: {
                 let handle = metrics_handle();

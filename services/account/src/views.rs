@@ -17,10 +17,19 @@ use crate::token::TokenError;
 /// The page templates, compiled once.
 pub struct Views {
     env: Environment<'static>,
+    /// ACCOUNT_BRAND; unset, the generic `site_name` of the page's language.
+    brand: Option<String>,
 }
 
 impl Default for Views {
     fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl Views {
+    /// The pages, titled with `brand`.
+    pub fn new(brand: Option<String>) -> Self {
         let mut env = Environment::new();
         for (name, src) in [
             ("base.html", include_str!("../templates/base.html")),
@@ -37,7 +46,7 @@ impl Default for Views {
             env.add_template(name, src)
                 .expect("embedded templates parse");
         }
-        Self { env }
+        Self { env, brand }
     }
 }
 
@@ -64,10 +73,12 @@ impl Views {
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce).expect("the OS random source works");
         let nonce = base64::engine::general_purpose::STANDARD.encode(nonce);
+        let brand = self.brand.as_deref().unwrap_or(text(lang, "site_name"));
         let ctx = context! {
             t => Value::from(minijinja::value::Serde(lang.strings())),
             nonce => &nonce,
             csrf => &page.csrf,
+            brand,
             ..ctx
         };
         let html = match self.env.get_template(name).and_then(|t| t.render(ctx)) {

@@ -4,6 +4,7 @@
 //! (secrets from `*_FILE`, the SMTP URL and its password).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -11,6 +12,9 @@ use lettre::message::Mailbox;
 use secrecy::{ExposeSecret, SecretString};
 use shared::Topology;
 use shared::config::{self as conf, ConfigError};
+
+use crate::dkim::Signer;
+use crate::zones::TimeZones;
 
 /// The retry ladder when `MAILER_RETRY_DELAYS` is not set: 5 s, 30 s, 2 min, 10 min, 1 h.
 pub const DEFAULT_RETRY_DELAYS: [Duration; 5] = [
@@ -57,6 +61,9 @@ pub struct Settings {
     /// The resolved RabbitMQ URL.
     #[arg(skip = SecretString::from(""))]
     pub amqp_url: SecretString,
+    /// The broker user of the resolved URL (RabbitMQ's `guest` when it names none).
+    #[arg(skip)]
+    pub amqp_user: String,
     /// Prefix of every exchange and queue name; must equal ACCOUNT_AMQP_PREFIX.
     #[arg(long = "amqp-prefix", value_name = "PREFIX", env = "MAILER_AMQP_PREFIX", default_value = "", value_parser = conf::topology)]
     pub topology: Topology,
@@ -93,6 +100,30 @@ pub struct Settings {
     /// From address (`Name <addr>`); Naver requires the authenticated account.
     #[arg(long, env = "MAILER_FROM", default_value = "no-reply@localhost", value_parser = mailbox)]
     pub from: Mailbox,
+    /// The product's name: the From display name, at the top of every mail and in its footer [default: MAILER_FROM's name, else its domain].
+    #[arg(long, env = "MAILER_BRAND", value_parser = one_line)]
+    brand: Option<String>,
+    /// Where readers can ask for help, shown in every mail's footer.
+    #[arg(long, env = "MAILER_SUPPORT_ADDRESS", value_parser = address)]
+    pub support_address: Option<lettre::Address>,
+    /// Zone of the times in mail: `Asia/Seoul` for every language, or `en=America/New_York,ko=Asia/Seoul` [default: ko=Asia/Seoul, others UTC].
+    #[arg(long, env = "MAILER_TIMEZONE", value_parser = crate::zones::time_zones)]
+    time_zones: Option<TimeZones>,
+    /// DKIM: the signing domain (`d=`); with MAILER_DKIM_SELECTOR and MAILER_DKIM_KEY. Unset: no signature (Naver signs itself).
+    #[arg(long, env = "MAILER_DKIM_DOMAIN", value_parser = dns_name)]
+    dkim_domain: Option<String>,
+    /// DKIM: the selector (`s=`): the key's DNS record is <selector>._domainkey.<domain>.
+    #[arg(long, env = "MAILER_DKIM_SELECTOR", value_parser = dns_name)]
+    dkim_selector: Option<String>,
+    /// DKIM private key: RSA (PKCS#1 or PKCS#8 PEM) or Ed25519 (PKCS#8 PEM or base64 seed).
+    #[arg(long = "dkim-key", value_name = "KEY", env = "MAILER_DKIM_KEY", hide_env_values = true, value_parser = conf::secret_value)]
+    dkim_key: Option<SecretString>,
+    /// File holding MAILER_DKIM_KEY.
+    #[arg(long = "dkim-key-file", env = "MAILER_DKIM_KEY_FILE")]
+    dkim_key_file: Option<PathBuf>,
+    /// The DKIM signer, resolved.
+    #[arg(skip)]
+    pub dkim: Option<Arc<Signer>>,
     /// Folder for mail when no SMTP is set.
     #[arg(long, env = "MAILER_MAIL_DIR", default_value = "./var/mail")]
     mail_dir: PathBuf,
@@ -110,6 +141,15 @@ pub struct Settings {
         default_value_t = 0
     )]
     send_rate_value: u32,
+    /// Events larger than this are dead-lettered unread (bytes, or with KiB/MiB).
+    #[arg(long, env = "MAILER_MAX_EVENT_BYTES", default_value = "256KiB", value_parser = byte_size)]
+    pub max_event_bytes: usize,
+    /// Who may publish what: `account=verify_email,account_exists;billing=*raw*` (`*` any template, `*raw*` raw content). Unset: every source, everything.
+    #[arg(long, env = "MAILER_SOURCES", value_parser = crate::policy::sources)]
+    pub sources: Option<crate::policy::Sources>,
+    /// With MAILER_SOURCES: refuse events whose publisher did not set the AMQP user_id (then a source is proven, not claimed).
+    #[arg(long, env = "MAILER_REQUIRE_USER_ID", default_value = "false", value_parser = conf::boolean, action = clap::ArgAction::Set)]
+    pub require_user_id: bool,
     /// How long SIGTERM waits for mail in flight.
     #[arg(long, env = "MAILER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = conf::duration)]
     pub shutdown_timeout: Duration,
@@ -138,12 +178,73 @@ pub fn retry_delays(s: &str) -> Result<RetryDelays, String> {
     Ok(RetryDelays(delays))
 }
 
+/// Value parser of a size in bytes: `262144`, `256KiB`, `1MiB`.
+fn byte_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        _ => {
+            return Err(format!(
+                "expected bytes like 262144, 256KiB or 1MiB, got {s:?}"
+            ));
+        }
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("expected bytes like 262144, 256KiB or 1MiB, got {s:?}"))
+}
+
 fn smtp_url(s: &str) -> Result<SecretString, String> {
     url::Url::parse(s.trim())
         .ok()
         .filter(|u| matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some())
         .map(|_| SecretString::from(s.trim().to_owned()))
         .ok_or_else(|| "expected smtp://user@host:587?tls=required or smtps://user@host:465".into())
+}
+
+/// The user name of a URL, percent-decoded (`ID%40naver.com` is `ID@naver.com`).
+fn url_user(url: &url::Url) -> Option<String> {
+    Some(url.username()).filter(|u| !u.is_empty()).map(|u| {
+        url::form_urlencoded::parse(format!("u={u}").as_bytes())
+            .next()
+            .map_or_else(|| u.to_owned(), |(_, v)| v.into_owned())
+    })
+}
+
+fn one_line(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.chars().any(char::is_control) || s.len() > 200 {
+        return Err("expected one line of text".into());
+    }
+    Ok(s.to_owned())
+}
+
+fn dns_name(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    ok.then(|| s.to_ascii_lowercase())
+        .ok_or_else(|| format!("{s:?} is not a DNS name like mail.example.com"))
+}
+
+fn address(s: &str) -> Result<lettre::Address, String> {
+    s.trim()
+        .parse()
+        .map_err(|e| format!("not an address like help@example.com: {e}"))
 }
 
 fn mailbox(s: &str) -> Result<Mailbox, String> {
@@ -159,6 +260,13 @@ fn folder(s: &str) -> Result<PathBuf, String> {
     } else {
         Err(format!("{} is not a folder", dir.display()))
     }
+}
+
+fn dkim_needs(var: &str) -> ConfigError {
+    ConfigError::new(
+        var,
+        "DKIM signing needs MAILER_DKIM_DOMAIN, MAILER_DKIM_SELECTOR and MAILER_DKIM_KEY (or _FILE) together",
+    )
 }
 
 impl Settings {
@@ -180,6 +288,10 @@ impl Settings {
         .unwrap_or_else(|| SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"));
         conf::amqp_url(self.amqp_url.expose_secret())
             .map_err(|e| ConfigError::new("MAILER_AMQP_URL", e))?;
+        self.amqp_user = url::Url::parse(self.amqp_url.expose_secret())
+            .ok()
+            .and_then(|u| url_user(&u))
+            .unwrap_or_else(|| "guest".to_owned());
         let password = conf::secret(
             "MAILER_SMTP_PASSWORD",
             self.smtp_password.take(),
@@ -202,14 +314,7 @@ impl Settings {
                         "the password is also in MAILER_SMTP_URL; keep one",
                     ));
                 }
-                let user = Some(parsed.username().to_owned())
-                    .filter(|u| !u.is_empty())
-                    .map(|u| {
-                        url::form_urlencoded::parse(format!("u={u}").as_bytes())
-                            .next()
-                            .map(|(_, v)| v.into_owned())
-                            .unwrap_or(u)
-                    });
+                let user = url_user(&parsed);
                 Outbound::Smtp {
                     url,
                     password,
@@ -218,7 +323,40 @@ impl Settings {
             }
             None => Outbound::Dir(self.mail_dir.clone()),
         };
+        let key = conf::secret(
+            "MAILER_DKIM_KEY",
+            self.dkim_key.take(),
+            self.dkim_key_file.as_deref(),
+        )?;
+        self.dkim = match (&self.dkim_domain, &self.dkim_selector, key) {
+            (None, None, None) => None,
+            (Some(domain), Some(selector), Some(key)) => Some(Arc::new(
+                Signer::new(domain, selector, key.expose_secret())
+                    .map_err(|e| ConfigError::new("MAILER_DKIM_KEY", e))?,
+            )),
+            (None, ..) => return Err(dkim_needs("MAILER_DKIM_DOMAIN")),
+            (_, None, _) => return Err(dkim_needs("MAILER_DKIM_SELECTOR")),
+            (.., None) => return Err(dkim_needs("MAILER_DKIM_KEY")),
+        };
         Ok(self)
+    }
+
+    /// The product's name: MAILER_BRAND, else MAILER_FROM's name, else its domain.
+    pub fn brand(&self) -> String {
+        self.brand
+            .clone()
+            .or_else(|| self.from.name.clone().filter(|n| !n.trim().is_empty()))
+            .unwrap_or_else(|| self.from.email.domain().to_owned())
+    }
+
+    /// The From of every mail: the brand as its name.
+    pub fn sender(&self) -> Mailbox {
+        Mailbox::new(Some(self.brand()), self.from.email.clone())
+    }
+
+    /// The zone of each language's times.
+    pub fn time_zones(&self) -> TimeZones {
+        self.time_zones.clone().unwrap_or_default()
     }
 
     /// Mails per second at most; `None` for no limit.
@@ -230,6 +368,15 @@ impl Settings {
     /// in production; `main` logs them at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if let Some(dkim) = &self.dkim {
+            let from = self.from.email.domain().to_ascii_lowercase();
+            let d = dkim.domain.to_ascii_lowercase();
+            if from != d && !from.ends_with(&format!(".{d}")) {
+                out.push(format!(
+                    "MAILER_DKIM_DOMAIN ({d}) is not the domain of MAILER_FROM ({from}): DMARC needs them aligned"
+                ));
+            }
+        }
         let Outbound::Smtp { url, user, .. } = &self.outbound else {
             return out;
         };
@@ -295,6 +442,33 @@ pub enum Command {
     /// Look at dead letters, or send them back to the work queue.
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Print a mail as the mailer would send it, without sending it: check
+    /// an overridden template (MAILER_TEMPLATE_DIR) before deploying it.
+    Render(RenderArgs),
+}
+
+/// `mailer render ...`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct RenderArgs {
+    /// The template, e.g. `verify_email`.
+    #[arg(long)]
+    pub template: String,
+    /// The mail's language.
+    #[arg(long, default_value = "en")]
+    pub locale: String,
+    /// The template's data, a JSON object, as an event's `data`.
+    #[arg(long, default_value = "{}")]
+    pub data: String,
+    /// The recipient.
+    #[arg(long, default_value = "preview@example.com")]
+    pub to: String,
+    /// The recipient's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Write to this file instead of printing: `.eml` the whole message as
+    /// sent, `.html` the HTML part, `.txt` the text part.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `mailer dead ...`.
@@ -337,6 +511,13 @@ mod tests {
         assert_eq!(s.send_rate(), None);
         assert_eq!(s.default_locale, "en");
         assert!(s.template_dir.is_none() && !s.log_json);
+        assert_eq!(s.max_event_bytes, 256 * 1024);
+        assert_eq!(s.amqp_user, "guest");
+        let named = settings(&[("MAILER_AMQP_URL", "amqp://mail%2Der:pw@mq:5672/%2f")]).unwrap();
+        assert_eq!(named.amqp_user, "mail-er");
+        assert!(s.sources.is_none() && !s.require_user_id);
+        let sized = settings(&[("MAILER_MAX_EVENT_BYTES", "1MiB")]).unwrap();
+        assert_eq!(sized.max_event_bytes, 1 << 20);
         assert_eq!(
             s.amqp_url.expose_secret(),
             "amqp://guest:guest@127.0.0.1:5672/%2f"
@@ -349,6 +530,61 @@ mod tests {
         .unwrap();
         assert_eq!((q.queue_type, q.send_rate()), (QueueType::Quorum, Some(5)));
         assert!(q.log_json);
+    }
+
+    #[test]
+    fn the_brand_names_the_sender() {
+        let named = settings(&[("MAILER_FROM", "Shop <a@shop.example>")]).unwrap();
+        assert_eq!(named.brand(), "Shop");
+        let branded = settings(&[
+            ("MAILER_FROM", "Shop <a@shop.example>"),
+            ("MAILER_BRAND", "하늘마켓"),
+        ])
+        .unwrap();
+        let sender = branded.sender();
+        assert_eq!(sender.name.as_deref(), Some("하늘마켓"));
+        assert_eq!(sender.email.to_string(), "a@shop.example");
+        assert_eq!(settings(&[]).unwrap().brand(), "localhost");
+    }
+
+    #[test]
+    fn dkim_needs_all_three_and_warns_when_not_aligned() {
+        let seed = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+        let only = settings(&[("MAILER_DKIM_SELECTOR", "s1")]).unwrap_err();
+        assert_eq!(only.var, "MAILER_DKIM_DOMAIN");
+        let no_key = settings(&[
+            ("MAILER_DKIM_DOMAIN", "a.example"),
+            ("MAILER_DKIM_SELECTOR", "s1"),
+        ]);
+        assert_eq!(no_key.unwrap_err().var, "MAILER_DKIM_KEY");
+        let s = settings(&[
+            ("MAILER_DKIM_DOMAIN", "a.example"),
+            ("MAILER_DKIM_SELECTOR", "s1"),
+            ("MAILER_DKIM_KEY", seed),
+            ("MAILER_FROM", "no-reply@mail.a.example"),
+        ])
+        .unwrap();
+        assert_eq!(s.dkim.as_ref().unwrap().algorithm, "ed25519");
+        assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+        assert!(!format!("{s:?}").contains(seed), "no key in Debug");
+        let other = settings(&[
+            ("MAILER_DKIM_DOMAIN", "a.example"),
+            ("MAILER_DKIM_SELECTOR", "s1"),
+            ("MAILER_DKIM_KEY", seed),
+            ("MAILER_FROM", "no-reply@b.example"),
+        ])
+        .unwrap();
+        assert!(
+            other.warnings()[0].contains("DMARC"),
+            "{:?}",
+            other.warnings()
+        );
+        let bad_key = settings(&[
+            ("MAILER_DKIM_DOMAIN", "a.example"),
+            ("MAILER_DKIM_SELECTOR", "s1"),
+            ("MAILER_DKIM_KEY", "not a key"),
+        ]);
+        assert_eq!(bad_key.unwrap_err().var, "MAILER_DKIM_KEY");
     }
 
     #[test]
@@ -425,6 +661,14 @@ mod tests {
             ("MAILER_SHUTDOWN_TIMEOUT", "never"),
             ("MAILER_LOG_FORMAT", "xml"),
             ("MAILER_TEMPLATE_DIR", "/nonexistent/templates"),
+            ("MAILER_MAX_EVENT_BYTES", "0"),
+            ("MAILER_MAX_EVENT_BYTES", "256 kB"),
+            ("MAILER_SOURCES", "account"),
+            ("MAILER_REQUIRE_USER_ID", "perhaps"),
+            ("MAILER_BRAND", "two\nlines"),
+            ("MAILER_SUPPORT_ADDRESS", "help desk"),
+            ("MAILER_TIMEZONE", "Mars/Olympus"),
+            ("MAILER_DKIM_SELECTOR", "two words"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{var}={value}: {err}");
@@ -441,7 +685,12 @@ mod tests {
             .collect();
         assert_eq!(
             secrets,
-            ["MAILER_AMQP_URL", "MAILER_SMTP_URL", "MAILER_SMTP_PASSWORD"]
+            [
+                "MAILER_AMQP_URL",
+                "MAILER_SMTP_URL",
+                "MAILER_SMTP_PASSWORD",
+                "MAILER_DKIM_KEY"
+            ]
         );
         assert!(vars.iter().any(|v| v.name == "MAILER_RETRY_DELAYS"));
         assert!(vars.iter().all(|v| v.name.starts_with("MAILER_")));
@@ -465,5 +714,14 @@ mod tests {
         ));
         assert!(parse(&["mailer", "dead", "requeue"]).is_err());
         assert!(parse(&["mailer", "dead", "requeue", "--all", "a"]).is_err());
+        assert!(matches!(
+            parse(&["mailer", "render", "--template", "verify_email", "--locale", "ko"]).unwrap(),
+            Some(Command::Render(RenderArgs { ref template, ref locale, out: None, .. }))
+                if template == "verify_email" && locale == "ko"
+        ));
+        assert!(
+            parse(&["mailer", "render"]).is_err(),
+            "--template is required"
+        );
     }
 }

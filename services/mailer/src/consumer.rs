@@ -143,8 +143,14 @@ impl Consumer {
     /// Runs one delivery through the pipeline, then acks it or routes it.
     async fn handle(&self, delivery: Delivery, publish: &lapin::Channel) {
         let attempt = routing::attempt_of(&delivery.properties);
+        let own_user = &self.settings.amqp_user;
+        let publisher = routing::publisher(&delivery.properties, own_user);
         let received = Instant::now();
-        let (template, outcome) = match self.pipeline.process(&delivery.data).await {
+        let (template, outcome) = match self
+            .pipeline
+            .process(&delivery.data, publisher.as_deref())
+            .await
+        {
             Ok(Handled::Duplicate) => {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
                 ("unknown".to_owned(), "duplicate")
@@ -178,6 +184,7 @@ impl Consumer {
                 let routed = routing::route(
                     &self.settings.topology,
                     publish,
+                    own_user,
                     &delivery,
                     attempt,
                     &failure.error,

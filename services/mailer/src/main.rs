@@ -1,10 +1,10 @@
 //! `mailer` runs the worker; `mailer dead list` and `mailer dead requeue
-//! --all | ID...` handle dead letters. Arguments are read first, so
+//! --all | ID...` handle dead letters; `mailer render` previews a mail. Arguments are read first, so
 //! `--help` and `--version` work whatever the environment holds.
 
 use mailer::config::{Cli, Command};
 use mailer::startup::Application;
-use shared::config::{exit_with, parse_or_exit};
+use shared::config::{ConfigError, exit_with, parse_or_exit};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -17,10 +17,27 @@ async fn main() {
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(settings).await,
         Command::Dead(cmd) => mailer::admin::dead(&settings, &cmd).await.map(|_| ()),
+        Command::Render(args) => {
+            if let Err(e) = mailer::preview::render(&settings, &args) {
+                // A refusal is the answer the operator asked for, not a log line.
+                eprintln!("mailer render: {:#}", exit_if_config(e));
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     };
     if let Err(e) = result {
-        tracing::error!(error = format!("{e:#}"), "mailer failed");
+        tracing::error!(error = format!("{:#}", exit_if_config(e)), "mailer failed");
         std::process::exit(1);
+    }
+}
+
+/// A configuration error (such as a template folder that does not compile)
+/// stops the process with its one line naming the variable; others return.
+fn exit_if_config(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<ConfigError>() {
+        Ok(config) => exit_with(config),
+        Err(e) => e,
     }
 }
 

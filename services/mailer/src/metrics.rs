@@ -8,7 +8,8 @@
 //! - `template`: every template the mailer can render (the embedded ones and
 //!   those of `MAILER_TEMPLATE_DIR`) and `raw` (events with `content`), each
 //!   with `outcome` `sent`, `retried` and `dead`;
-//! - `template="invalid"` (an envelope that does not parse) with `dead`.
+//! - `template="invalid"` (an envelope that does not parse, or one over
+//!   MAILER_MAX_EVENT_BYTES, never parsed) with `dead`.
 //!
 //! An event naming a template the mailer does not know is dead-lettered
 //! under that name, a series that starts at 1; the dead-letter alert also

@@ -23,6 +23,16 @@ pub struct DeliveryError {
     pub reason: String,
 }
 
+impl DeliveryError {
+    /// A failure that trying again cannot fix.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self {
+            transient: false,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// An SMTP failure as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmtpFailure {

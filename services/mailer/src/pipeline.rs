@@ -6,14 +6,18 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use lettre::Message;
 use lettre::message::Mailbox;
+use shared::config::ConfigError;
 use shared::{Body, MailSend};
 
 use crate::config::Settings;
 use crate::dedupe::Sent;
+use crate::dkim::Signer;
 use crate::message::build_message;
 use crate::outlet::{DeliveryError, Outlet};
-use crate::templates::{Rendered, Templates};
+use crate::policy::{self, Sources};
+use crate::templates::{self, House, Rendered, Templates};
 
 /// What became of an event that needs no retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,15 +44,30 @@ pub struct Pipeline {
     pub templates: Arc<Templates>,
     pub outlet: Outlet,
     pub sent: Arc<Sent>,
+    /// The From of every mail: MAILER_FROM's address, the brand as its name.
     pub from: Mailbox,
+    /// Signs every message when DKIM is configured.
+    pub dkim: Option<Arc<Signer>>,
     pub limiter: Option<Arc<governor::DefaultDirectRateLimiter>>,
+    /// MAILER_MAX_EVENT_BYTES.
+    pub max_event_bytes: usize,
+    /// MAILER_SOURCES, and whether the AMQP user_id must prove the source.
+    pub sources: Option<Sources>,
+    pub require_user_id: bool,
 }
 
 impl Pipeline {
     /// The pipeline the settings describe, delivering to `outlet`.
     pub fn new(settings: &Settings, outlet: Outlet) -> Result<Self, anyhow::Error> {
+        let house = House {
+            brand: settings.brand(),
+            support_address: settings.support_address.as_ref().map(|a| a.to_string()),
+            zones: settings.time_zones(),
+        };
+        // A configuration error: `main` stops the start with its one line.
         let templates = Templates::load(settings.template_dir.as_deref(), &settings.default_locale)
-            .map_err(|e| anyhow::anyhow!("MAILER_TEMPLATE_DIR: {e:#}"))?;
+            .map_err(|e| ConfigError::new("MAILER_TEMPLATE_DIR", format!("{e:#}")))?
+            .with_house(house);
         let limiter = settings
             .send_rate()
             .and_then(std::num::NonZeroU32::new)
@@ -61,21 +80,25 @@ impl Pipeline {
             templates: Arc::new(templates),
             outlet,
             sent: Arc::new(Sent::new(100_000)),
-            from: settings.from.clone(),
+            from: settings.sender(),
+            dkim: settings.dkim.clone(),
             limiter,
+            max_event_bytes: settings.max_event_bytes,
+            sources: settings.sources.clone(),
+            require_user_id: settings.require_user_id,
         })
     }
 
-    /// Delivers the event in `body`.
-    pub async fn process(&self, body: &[u8]) -> Result<Handled, Failure> {
-        let mail = MailSend::from_slice(body).map_err(|e| Failure {
+    /// Delivers the event in `body`, published by broker user `user_id`
+    /// (proven by the broker; see `routing::publisher`), if known.
+    pub async fn process(&self, body: &[u8], user_id: Option<&str>) -> Result<Handled, Failure> {
+        let unread = |reason: String| Failure {
             template: "invalid".into(),
             id: None,
-            error: DeliveryError {
-                transient: false,
-                reason: e.to_string(),
-            },
-        })?;
+            error: DeliveryError::permanent(reason),
+        };
+        policy::check_size(body.len(), self.max_event_bytes).map_err(unread)?;
+        let mail = MailSend::from_slice(body).map_err(|e| unread(e.to_string()))?;
         let template = match &mail.body {
             Body::Template { template, .. } => template.clone(),
             Body::Content { .. } => "raw".to_owned(),
@@ -85,6 +108,11 @@ impl Pipeline {
             id: Some(mail.id),
             error,
         };
+        if let Some(sources) = &self.sources {
+            sources
+                .check(&mail, user_id, self.require_user_id)
+                .map_err(|reason| fail(DeliveryError::permanent(reason)))?;
+        }
         if self.sent.contains(&mail.id) {
             tracing::info!(event_id = %mail.id, "already sent by this process; acking the redelivery");
             return Ok(Handled::Duplicate);
@@ -93,23 +121,7 @@ impl Pipeline {
             .to_std()
             .unwrap_or_default();
         metrics::histogram!("mailer_queue_lag_seconds").record(lag.as_secs_f64());
-        let rendered = match &mail.body {
-            Body::Template { template, data } => self
-                .templates
-                .render(template, &mail.locale, data, mail.to.name.as_deref())
-                .map_err(|e| {
-                    fail(DeliveryError {
-                        transient: false,
-                        reason: e.to_string(),
-                    })
-                })?,
-            Body::Content { content } => Rendered {
-                subject: content.subject.clone(),
-                html: content.html.clone(),
-                text: content.text.clone(),
-            },
-        };
-        let message = build_message(&mail, &rendered, &self.from).map_err(fail)?;
+        let message = self.compose(&mail).map_err(fail)?;
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
@@ -134,6 +146,44 @@ impl Pipeline {
             }
         }
         Ok(Handled::Sent { template })
+    }
+
+    /// The message of `mail` as it would be sent: the links of a built-in
+    /// template checked, the template rendered, the MIME message built and
+    /// signed.
+    pub fn compose(&self, mail: &MailSend) -> Result<Message, DeliveryError> {
+        let rendered = self.render(mail)?;
+        self.build(mail, &rendered)
+    }
+
+    /// The parts of `mail`: its template rendered (links of a built-in one
+    /// checked first), or its raw content.
+    pub fn render(&self, mail: &MailSend) -> Result<Rendered, DeliveryError> {
+        Ok(match &mail.body {
+            Body::Template { template, data } => {
+                if templates::builtin(template) {
+                    policy::check_links(data).map_err(DeliveryError::permanent)?;
+                }
+                self.templates
+                    .render(template, &mail.locale, data, mail.to.name.as_deref())
+                    .map_err(|e| DeliveryError::permanent(e.to_string()))?
+            }
+            Body::Content { content } => Rendered {
+                subject: content.subject.clone(),
+                html: content.html.clone(),
+                text: content.text.clone(),
+            },
+        })
+    }
+
+    /// The MIME message of `mail` with its `rendered` parts, DKIM-signed
+    /// when configured.
+    pub fn build(&self, mail: &MailSend, rendered: &Rendered) -> Result<Message, DeliveryError> {
+        let mut message = build_message(mail, rendered, &self.from)?;
+        if let Some(dkim) = &self.dkim {
+            dkim.sign(&mut message);
+        }
+        Ok(message)
     }
 }
 
@@ -175,12 +225,15 @@ mod tests {
         let p = pipeline(stub.clone());
         let event = verify_event("minsu@example.com");
         assert_eq!(
-            p.process(&event.to_vec()).await,
+            p.process(&event.to_vec(), None).await,
             Ok(Handled::Sent {
                 template: "verify_email".into()
             })
         );
-        assert_eq!(p.process(&event.to_vec()).await, Ok(Handled::Duplicate));
+        assert_eq!(
+            p.process(&event.to_vec(), None).await,
+            Ok(Handled::Duplicate)
+        );
         let sent = stub.messages().await;
         assert_eq!(sent.len(), 1);
         let (envelope, raw) = &sent[0];
@@ -192,7 +245,7 @@ mod tests {
     #[tokio::test]
     async fn bad_events_fail_permanently_and_outlet_failures_transiently() {
         let p = pipeline(AsyncStubTransport::new_ok());
-        let f = p.process(b"{not json").await.unwrap_err();
+        let f = p.process(b"{not json", None).await.unwrap_err();
         assert_eq!(
             (f.template.as_str(), f.id, f.error.transient),
             ("invalid", None, false)
@@ -201,13 +254,13 @@ mod tests {
         if let Body::Template { template, .. } = &mut unknown.body {
             *template = "no_such_template".into();
         }
-        let f = p.process(&unknown.to_vec()).await.unwrap_err();
+        let f = p.process(&unknown.to_vec(), None).await.unwrap_err();
         assert_eq!((f.id, f.error.transient), (Some(unknown.id), false));
         assert!(f.error.reason.contains("unknown template"), "{f:?}");
 
         let down = pipeline(AsyncStubTransport::new_error());
         let event = verify_event("b@example.com");
-        let f = down.process(&event.to_vec()).await.unwrap_err();
+        let f = down.process(&event.to_vec(), None).await.unwrap_err();
         assert!(f.error.transient, "{f:?}");
         // Not sent, so not remembered: the retry will try again.
         assert!(!down.sent.contains(&event.id));

@@ -22,6 +22,32 @@ pub const LAST_ERROR: &str = "x-last-error";
 pub const DEAD_REASON: &str = "x-dead-reason";
 /// Header on dead letters: when (RFC 3339).
 pub const DEAD_AT: &str = "x-dead-at";
+/// Header: the broker user that published the original (its AMQP
+/// `user_id`). A copy is published by the mailer, whose own user becomes the
+/// copy's `user_id` (RabbitMQ refuses any other); this header keeps the
+/// original publisher, and is believed only on messages whose `user_id` is
+/// the mailer's own user, which no other publisher can set.
+pub const PUBLISHED_BY: &str = "x-published-by";
+
+/// The broker user that published `props`' message, if proven: its
+/// `user_id`, or for a copy the mailer made itself (`user_id` = `own_user`),
+/// the original's, kept in [`PUBLISHED_BY`].
+pub fn publisher(props: &BasicProperties, own_user: &str) -> Option<String> {
+    match props.user_id().as_ref().map(|u| u.as_str()) {
+        Some(user) if user == own_user => match props
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(PUBLISHED_BY))
+        {
+            Some(AMQPValue::LongString(s)) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            _ => None,
+        },
+        Some(user) => Some(user.to_owned()),
+        None => None,
+    }
+}
 
 /// What to do with a failed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,14 +93,31 @@ fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
-/// The headers of the copy that takes `step` after `attempt` failed with `error`.
+/// The headers of the copy that takes `step` after `attempt` failed with
+/// `error`; `publisher` is the original's proven broker user.
 pub fn headers_for(
     original: &BasicProperties,
+    publisher: Option<&str>,
     attempt: u32,
     error: &DeliveryError,
     step: &Step,
 ) -> FieldTable {
-    let mut headers = original.headers().clone().unwrap_or_default();
+    // A publisher's own PUBLISHED_BY must not survive into a copy, where
+    // it would be believed.
+    let mut kept = original
+        .headers()
+        .clone()
+        .unwrap_or_default()
+        .inner()
+        .clone();
+    kept.remove(PUBLISHED_BY);
+    let mut headers = FieldTable::from(kept);
+    if let Some(user) = publisher {
+        headers.insert(
+            PUBLISHED_BY.into(),
+            AMQPValue::LongString(LongString::from(user)),
+        );
+    }
     headers.insert(ATTEMPT.into(), AMQPValue::LongInt((attempt + 1) as i32));
     headers.insert(
         LAST_ERROR.into(),
@@ -94,10 +137,12 @@ pub fn headers_for(
 }
 
 /// Publishes the copy of `delivery` that takes `step`, and waits for the
-/// broker to confirm it landed in its queue.
+/// broker to confirm it landed in its queue. `own_user` is the mailer's
+/// broker user: the copy's `user_id` (the original's moves to a header).
 pub async fn route(
     topology: &Topology,
     publish: &lapin::Channel,
+    own_user: &str,
     delivery: &Delivery,
     attempt: u32,
     error: &DeliveryError,
@@ -107,10 +152,19 @@ pub async fn route(
         Step::Retry(delay) => topology.retry_queue(*delay),
         Step::Dead(_) => topology.dead_queue(),
     };
+    let publisher = publisher(&delivery.properties, own_user);
+    let headers = headers_for(
+        &delivery.properties,
+        publisher.as_deref(),
+        attempt,
+        error,
+        step,
+    );
     let props = delivery
         .properties
         .clone()
-        .with_headers(headers_for(&delivery.properties, attempt, error, step))
+        .with_headers(headers)
+        .with_user_id(own_user.into())
         .with_delivery_mode(2);
     let confirm = publish
         .basic_publish(
@@ -173,9 +227,11 @@ mod tests {
     fn copies_carry_the_attempt_and_dead_letters_their_reason() {
         let mut h = FieldTable::default();
         h.insert("x-keep".into(), AMQPValue::LongInt(7));
+        h.insert(PUBLISHED_BY.into(), AMQPValue::LongString("forged".into()));
         let original = BasicProperties::default().with_headers(h);
         let retry = headers_for(
             &original,
+            None,
             1,
             &err(true),
             &Step::Retry(Duration::from_secs(5)),
@@ -183,8 +239,13 @@ mod tests {
         assert_eq!(retry.inner().get(ATTEMPT), Some(&AMQPValue::LongInt(2)));
         assert!(retry.inner().contains_key("x-keep"));
         assert!(!retry.inner().contains_key(DEAD_REASON));
+        assert!(
+            !retry.inner().contains_key(PUBLISHED_BY),
+            "no proof, no header"
+        );
         let dead = headers_for(
             &original,
+            Some("billing"),
             0,
             &err(false),
             &Step::Dead("permanent: x".into()),
@@ -194,5 +255,33 @@ mod tests {
             Some(&AMQPValue::LongString("permanent: x".into()))
         );
         assert!(dead.inner().contains_key(DEAD_AT) && dead.inner().contains_key(LAST_ERROR));
+        assert_eq!(
+            dead.inner().get(PUBLISHED_BY),
+            Some(&AMQPValue::LongString("billing".into()))
+        );
+    }
+
+    #[test]
+    fn the_publisher_header_is_believed_only_on_the_mailers_own_copies() {
+        let mut h = FieldTable::default();
+        h.insert(PUBLISHED_BY.into(), AMQPValue::LongString("account".into()));
+        let props = |user: Option<&str>| {
+            let p = BasicProperties::default().with_headers(h.clone());
+            match user {
+                Some(u) => p.with_user_id(u.into()),
+                None => p,
+            }
+        };
+        // A copy the mailer made: its own user published it.
+        assert_eq!(
+            publisher(&props(Some("mailer")), "mailer").as_deref(),
+            Some("account")
+        );
+        // Anyone else who writes the header is who the broker says.
+        assert_eq!(
+            publisher(&props(Some("billing")), "mailer").as_deref(),
+            Some("billing")
+        );
+        assert_eq!(publisher(&props(None), "mailer"), None);
     }
 }

@@ -9,6 +9,8 @@ use std::path::Path;
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde_json::{Map, Value as Json};
 
+use crate::zones::{self, TimeZones};
+
 /// The parts of a rendered mail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
@@ -35,6 +37,10 @@ macro_rules! embedded {
 }
 
 const EMBEDDED: &[(&str, &str)] = embedded![
+    "_layout/ko/body.html",
+    "_layout/ko/body.txt",
+    "_layout/en/body.html",
+    "_layout/en/body.txt",
     "verify_email/ko/subject.txt",
     "verify_email/ko/body.html",
     "verify_email/ko/body.txt",
@@ -67,22 +73,54 @@ const EMBEDDED: &[(&str, &str)] = embedded![
     "account_deleted/en/body.txt",
 ];
 
+/// Whether `template` is one of the embedded templates (an operator's
+/// override of one still counts): their `*_url` fields are checked.
+pub fn builtin(template: &str) -> bool {
+    EMBEDDED
+        .iter()
+        .any(|(path, _)| path.split('/').next() == Some(template))
+}
+
+/// What every mail says about who sends it, whatever the event's data:
+/// `brand`, `support_address`, and the `timezone` its times are shown in.
+#[derive(Debug, Clone, Default)]
+pub struct House {
+    pub brand: String,
+    pub support_address: Option<String>,
+    pub zones: TimeZones,
+}
+
 /// All templates, compiled.
 pub struct Templates {
     env: Environment<'static>,
     /// `(template, locale)` pairs that have all three parts.
     available: BTreeSet<(String, String)>,
     default_locale: String,
+    house: House,
 }
 
-fn datetime(value: String) -> String {
-    match chrono::DateTime::parse_from_rfc3339(&value) {
-        Ok(t) => t
-            .with_timezone(&chrono::Utc)
-            .format("%Y-%m-%d %H:%M UTC")
-            .to_string(),
-        Err(_) => value,
-    }
+/// `{{ t | datetime }}`: an RFC 3339 time in the zone and language of the
+/// mail being rendered (`zones::format`); anything else as it is.
+fn datetime(state: &minijinja::State, value: String) -> String {
+    let Ok(t) = chrono::DateTime::parse_from_rfc3339(&value) else {
+        return value;
+    };
+    let lookup = |name: &str| {
+        state
+            .lookup(name)
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let tz = lookup("timezone").parse().unwrap_or(chrono_tz::UTC);
+    zones::format(t.with_timezone(&chrono::Utc), tz, &lookup("locale"))
+}
+
+/// A template's syntax error as `file:line: what`, for the one line that
+/// stops the start.
+fn syntax_error(file: &Path, e: &minijinja::Error) -> anyhow::Error {
+    let line = e.line().map(|l| format!(":{l}")).unwrap_or_default();
+    let what = e.detail().unwrap_or("syntax error");
+    anyhow::anyhow!("{}{line}: {} ({what})", file.display(), e.kind())
 }
 
 /// Escapes like minijinja but leaves `/` alone, so links in the HTML part stay
@@ -154,7 +192,7 @@ impl Templates {
                         if file.is_file() {
                             let source = std::fs::read_to_string(&file)?;
                             env.add_template_owned(format!("{t}/{l}/{part}"), source)
-                                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                                .map_err(|e| syntax_error(&file, &e))?;
                         }
                     }
                 }
@@ -176,7 +214,14 @@ impl Templates {
             env,
             available,
             default_locale: default_locale.to_owned(),
+            house: House::default(),
         })
+    }
+
+    /// The same templates, rendered for `house`.
+    pub fn with_house(mut self, house: House) -> Self {
+        self.house = house;
+        self
     }
 
     /// The `(template, locale)` pairs that can be rendered.
@@ -213,6 +258,16 @@ impl Templates {
         let mut ctx = data.clone();
         ctx.entry("name")
             .or_insert_with(|| name.map(Json::from).unwrap_or(Json::Null));
+        // The mailer's word, not the publisher's: an event cannot rebrand.
+        let house = &self.house;
+        ctx.insert("brand".into(), Json::from(house.brand.clone()));
+        ctx.insert(
+            "support_address".into(),
+            house.support_address.clone().map_or(Json::Null, Json::from),
+        );
+        ctx.insert("locale".into(), Json::from(locale.clone()));
+        let tz = house.zones.for_locale(&locale);
+        ctx.insert("timezone".into(), Json::from(tz.name()));
         let ctx = Value::from(minijinja::value::Serde(&ctx));
         let part = |p: &str| {
             self.env
@@ -268,7 +323,7 @@ mod tests {
             ko.text
                 .contains("https://acc.example/verify?token=v1.k.ABC&lang=ko")
         );
-        assert!(ko.text.contains("2026-11-25 10:00 UTC"));
+        assert!(ko.text.contains("2026년 11월 25일 19:00 KST (Asia/Seoul)"));
         let en = t.render("verify_email", "fr", &data(), None).unwrap();
         assert_eq!(en.subject, "Confirm your e-mail address");
         let exists = t

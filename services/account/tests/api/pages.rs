@@ -229,3 +229,30 @@ async fn readiness_fails_while_the_broker_is_unreachable() {
     assert_eq!(body["broker"], "down");
     assert_eq!(body["database"], "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_carry_the_product_brand() {
+    let app = spawn_app_with(Options::default().env("ACCOUNT_BRAND", "하늘마켓")).await;
+    for (path, lang, title) in [
+        ("/signup", "ko", "계정 만들기"),
+        ("/login", "en", "Sign in"),
+    ] {
+        let html = app
+            .client
+            .get(app.url(&format!("{path}?lang={lang}")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            html.contains(&format!("<title>{title} · 하늘마켓</title>")),
+            "{path}: the brand in the title\n{html}"
+        );
+        assert!(
+            html.contains(r#"<header class="brand">하늘마켓</header>"#),
+            "{path}: the brand on the page\n{html}"
+        );
+    }
+}

@@ -194,7 +194,20 @@ pub struct Broker {
 
 impl Broker {
     pub async fn connect() -> Self {
-        let conn = Connection::connect(AMQP, ConnectionProperties::default())
+        Self::connect_url(AMQP).await
+    }
+
+    /// Connects as another broker user (see [`BrokerUser`]).
+    pub async fn connect_as(user: &BrokerUser) -> Self {
+        Self::connect_url(&format!(
+            "amqp://{}:{}@127.0.0.1:5672/%2f",
+            user.name, user.password
+        ))
+        .await
+    }
+
+    async fn connect_url(url: &str) -> Self {
+        let conn = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("RabbitMQ on 127.0.0.1:5672");
         let ch = conn.create_channel().await.unwrap();
@@ -206,6 +219,25 @@ impl Broker {
 
     /// Publishes raw bytes to the mail exchange, as any publisher would.
     pub async fn publish(&self, t: &Topology, body: &[u8]) {
+        self.try_publish(t, body, None)
+            .await
+            .expect("routed to the mailer's queue");
+    }
+
+    /// Publishes with the AMQP `user_id` property set (or not), and says
+    /// whether the broker took the message into the mailer's queue.
+    pub async fn try_publish(
+        &self,
+        t: &Topology,
+        body: &[u8],
+        user_id: Option<&str>,
+    ) -> Result<(), String> {
+        let mut props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        if let Some(user) = user_id {
+            props = props.with_user_id(user.into());
+        }
         let confirm = self
             .ch
             .basic_publish(
@@ -216,18 +248,17 @@ impl Broker {
                     ..Default::default()
                 },
                 body,
-                BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2),
+                props,
             )
             .await
-            .unwrap()
+            .map_err(|e| e.to_string())?
             .await
-            .unwrap();
-        assert!(
-            confirm.is_ack() && confirm.take_message().is_none(),
-            "routed to the mailer's queue"
-        );
+            .map_err(|e| e.to_string())?;
+        if confirm.is_ack() && confirm.take_message().is_none() {
+            Ok(())
+        } else {
+            Err("not routed".into())
+        }
     }
 
     /// A queue as the broker sees it, or None if it does not exist.
@@ -279,4 +310,53 @@ pub fn header(props: &BasicProperties, name: &str) -> Option<String> {
         AMQPValue::LongInt(n) => Some(n.to_string()),
         other => Some(format!("{other:?}")),
     }
+}
+
+/// A RabbitMQ user of the test's own (one per publishing service, as
+/// docs/operations.md sets them up), removed when dropped.
+pub struct BrokerUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl BrokerUser {
+    pub fn create(service: &str) -> Self {
+        let name = format!("{service}-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let password = Uuid::new_v4().simple().to_string();
+        rabbitmqctl(&["add_user", &name, &password]);
+        rabbitmqctl(&["set_permissions", "-p", "/", &name, ".*", ".*", ".*"]);
+        Self { name, password }
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "delete_user", &self.name])
+            .output();
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl (the machine's RabbitMQ)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The peak resident memory of a process so far, in bytes (`VmHWM`).
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmHWM in /proc/<pid>/status")
 }

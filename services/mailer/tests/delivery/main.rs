@@ -2,6 +2,9 @@
 //! (aiosmtpd) that requires STARTTLS and AUTH, like smtp.naver.com:587.
 
 mod helpers;
+mod hostile;
+mod preview;
+mod quality;
 mod transport;
 
 use std::collections::HashSet;
@@ -162,8 +165,8 @@ async fn permanent_and_exhausted_failures_are_dead_lettered_with_their_reason() 
     let _smtp = env.smtp().await;
     let _mailer = env.mailer(&[]).await;
     let broker = Broker::connect().await;
-    let rejected = verify_event("nobody@reject.test", "en", "http://x.example/v");
-    let tempfail = verify_event("busy@tempfail.test", "en", "http://x.example/v");
+    let rejected = verify_event("nobody@reject.test", "en", "https://x.example/v");
+    let tempfail = verify_event("busy@tempfail.test", "en", "https://x.example/v");
     broker.publish(&env.topology, &rejected.to_vec()).await;
     broker.publish(&env.topology, &tempfail.to_vec()).await;
     let dead = env.topology.dead_queue();
@@ -200,7 +203,7 @@ async fn poison_messages_are_dead_lettered_and_the_next_good_one_is_delivered() 
     let _smtp = env.smtp().await;
     let _mailer = env.mailer(&[]).await;
     let broker = Broker::connect().await;
-    let mut unknown = verify_event("a@example.com", "en", "http://x.example/v");
+    let mut unknown = verify_event("a@example.com", "en", "https://x.example/v");
     if let shared::Body::Template { template, .. } = &mut unknown.body {
         *template = "no_such_template".into();
     }
@@ -212,7 +215,7 @@ async fn poison_messages_are_dead_lettered_and_the_next_good_one_is_delivered() 
         )
         .await;
     broker.publish(&env.topology, &unknown.to_vec()).await;
-    let good = verify_event("good@example.com", "ko", "http://x.example/v?token=ok");
+    let good = verify_event("good@example.com", "ko", "https://x.example/v?token=ok");
     broker.publish(&env.topology, &good.to_vec()).await;
 
     let mails = env.wait_for_mail(1, Duration::from_secs(20)).await;
@@ -256,7 +259,11 @@ async fn sigterm_during_a_burst_loses_nothing() {
     let n = 150;
     let mut ids = HashSet::new();
     for i in 0..n {
-        let e = verify_event(&format!("burst{i}@example.com"), "en", "http://x.example/v");
+        let e = verify_event(
+            &format!("burst{i}@example.com"),
+            "en",
+            "https://x.example/v",
+        );
         ids.insert(format!("<{}@naver.test>", e.id));
         broker.publish(&env.topology, &e.to_vec()).await;
     }
@@ -302,7 +309,7 @@ async fn dead_letters_can_be_listed_and_requeued_after_the_cause_is_fixed() {
         .mailer(&[("MAILER_TEMPLATE_DIR", templates.to_str().unwrap())])
         .await;
     let broker = Broker::connect().await;
-    let mut welcome = verify_event("new@example.com", "ko", "http://x.example/v");
+    let mut welcome = verify_event("new@example.com", "ko", "https://x.example/v");
     if let shared::Body::Template { template, data } = &mut welcome.body {
         *template = "welcome".into();
         data.insert("who".into(), json!("민지"));
