@@ -5,6 +5,9 @@
 //   node flows.mjs signup-click <base> <inbox> <email> <accept-language> <screenshot.png>
 //     signs up in the browser, opens the mailed link in that same browser:
 //     it lands signed in, without a click.
+//   node flows.mjs forgot <base> <inbox> <email> <accept-language> <artifacts-dir>
+//     from /login to "forgot password", the mail, the link, a new password,
+//     landing signed in on /me; then a fresh browser signs in with it.
 //   node flows.mjs login-csrf <base> <inbox> <emailA> <emailB> <artifacts-dir>
 //     a second browser profile opens A's link: not signed in without a
 //     click; A's browser, signed in, opens B's link (an attacker's) and
@@ -16,8 +19,9 @@ import { join } from "node:path";
 const [flow, base, inbox, ...rest] = process.argv.slice(2);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** The link in the newest mail to `to`, waiting up to 30 s for it. */
-async function mailLink(to) {
+/** The link to `path` in the newest mail to `to`, waiting up to 30 s for it. */
+async function mailLink(to, path = "/verify") {
+  const pattern = new RegExp(`href="([^"]+${path.replaceAll("/", "\\/")}\\?[^"]+)"`);
   const deadline = Date.now() + 30000;
   while (Date.now() < deadline) {
     let files = [];
@@ -28,7 +32,7 @@ async function mailLink(to) {
     for (const f of files) {
       const mail = JSON.parse(readFileSync(join(inbox, f), "utf8"));
       if (mail.rcpt_tos.includes(to)) {
-        const m = /href="([^"]+\/verify\?[^"]+)"/.exec(mail.html);
+        const m = pattern.exec(mail.html);
         if (m) return m[1].replaceAll("&amp;", "&");
       }
     }
@@ -89,6 +93,45 @@ try {
       title: await page.title(),
       text: await page.innerText("body"),
       cookies: cookies.map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite, secure: c.secure })),
+    }));
+  } else if (flow === "forgot") {
+    const [email, acceptLanguage, dir] = rest;
+    const lang = acceptLanguage.slice(0, 2);
+    const context = await profile(acceptLanguage);
+    const page = await context.newPage();
+    await page.goto(`${base}/login?lang=${lang}`);
+    await Promise.all([page.waitForLoadState("load"), page.click("#forgot-link")]);
+    await page.fill("#email", email);
+    await Promise.all([page.waitForLoadState("load"), page.click("button[type=submit]")]);
+    const sent = await page.innerText("h1");
+    const link = await mailLink(email, "/password/reset");
+    await page.goto(link);
+    await page.screenshot({ path: join(dir, `e2e-forgot-${lang}-reset.png`), fullPage: true });
+    const named = await page.innerText("#reset-email");
+    await page.fill("#password", "a brand new password");
+    await Promise.all([
+      page.waitForURL((u) => u.pathname.startsWith("/me"), { timeout: 15000 }),
+      page.click("button[type=submit]"),
+    ]);
+    await page.screenshot({ path: join(dir, `e2e-forgot-${lang}-me.png`), fullPage: true });
+    const me = { email: await page.innerText("#me-email"), text: await page.innerText("body") };
+    // A fresh browser signs in with the new password.
+    const fresh = await profile(acceptLanguage);
+    const login = await fresh.newPage();
+    await login.goto(`${base}/login?lang=${lang}`);
+    await login.fill("#email", email);
+    await login.fill("#password", "a brand new password");
+    await Promise.all([
+      login.waitForURL((u) => u.pathname.startsWith("/me"), { timeout: 15000 }),
+      login.click("button[type=submit]"),
+    ]);
+    console.log(JSON.stringify({
+      sent,
+      link,
+      named,
+      me,
+      freshLogin: await login.innerText("#me-email"),
+      lang: await login.getAttribute("html", "lang"),
     }));
   } else if (flow === "login-csrf") {
     const [emailA, emailB, dir] = rest;

@@ -224,6 +224,117 @@ async fn signup_click_and_land_signed_in(
     );
 }
 
+/// A verified account, made through the API and the mailed link.
+async fn verified_account(system: &System, email: &str, locale: &str) {
+    let client = reqwest::Client::new();
+    let res = client
+        .post(format!("{}/api/v1/signup", system.account_url))
+        .json(&serde_json::json!({"email": email, "password": "a good long password", "locale": locale}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let link = link_in(system.mail_to(email).await["html"].as_str().unwrap());
+    let token = link
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let res = client
+        .post(format!("{}/api/v1/verify", system.account_url))
+        .json(&serde_json::json!({"token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+async fn forgot_password_in_the_browser(
+    lang: &str,
+    accept_language: &str,
+    reset_subject: &str,
+    me_title: &str,
+) {
+    let system = System::start().await;
+    let email = format!("forgot-{lang}-{}@example.com", Uuid::new_v4().simple());
+    // Mail to an account speaks the account's language.
+    verified_account(&system, &email, lang).await;
+    let dir = root().join("tests/artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let inbox = system.dir.join("inbox");
+    let r = browser_flow(
+        "forgot",
+        &[
+            &system.account_url,
+            inbox.to_str().unwrap(),
+            &email,
+            accept_language,
+            dir.to_str().unwrap(),
+        ],
+    );
+    let mails = received(&inbox);
+    let reset = mails
+        .iter()
+        .find(|m| m["rcpt_tos"][0] == email.as_str() && m["subject"] == reset_subject)
+        .unwrap_or_else(|| panic!("a {reset_subject:?} mail in {mails:#?}"));
+    assert_eq!(r["link"], link_in(reset["html"].as_str().unwrap()).as_str());
+    assert_eq!(
+        r["named"],
+        email.as_str(),
+        "the reset page names the account"
+    );
+    assert_eq!(
+        r["me"]["email"],
+        email.as_str(),
+        "signed in after the reset"
+    );
+    assert!(r["me"]["text"].as_str().unwrap().contains(me_title));
+    assert_eq!(
+        r["freshLogin"],
+        email.as_str(),
+        "the new password signs in elsewhere"
+    );
+    assert_eq!(r["lang"], lang);
+    for shot in ["reset", "me"] {
+        let path = dir.join(format!("e2e-forgot-{lang}-{shot}.png"));
+        assert!(std::fs::metadata(path).unwrap().len() > 1000);
+    }
+    // And the password_changed notice reached the address.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !received(&inbox).iter().any(|m| {
+        m["rcpt_tos"][0] == email.as_str()
+            && m["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("/password/forgot")
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the password_changed notice arrives"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgot_password_in_english() {
+    forgot_password_in_the_browser(
+        "en",
+        "en-US,en;q=0.9",
+        "Choose a new password",
+        "Your account",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgot_password_in_korean() {
+    forgot_password_in_the_browser("ko", "ko-KR,ko;q=0.9", "새 비밀번호를 정하세요", "내 계정")
+        .await;
+}
+
 /// Login CSRF through the verification link, in real browsers: another
 /// profile that opens a link is not signed in without a click, and a
 /// browser signed in as A that opens B's link stays A.

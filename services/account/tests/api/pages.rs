@@ -256,3 +256,188 @@ async fn pages_carry_the_product_brand() {
         );
     }
 }
+
+/// Forgot, reset, change, sessions and deletion as plain forms, without script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_credential_pages_work_as_plain_forms_in_korean() {
+    let mut app = spawn_app().await;
+    let email = "pages@example.com";
+    let res = app
+        .post_json(
+            "/api/v1/signup",
+            serde_json::json!({"email": email, "password": "password-one", "locale": "ko"}),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    let token = token_of(&verify_url(&app.next_event_to(email).await));
+    assert_eq!(app.verify_api(&token).await.status(), 200);
+    app.submit("/logout", &[]).await;
+
+    // /login links to the forgot page; it mails a link and says so alike for all.
+    let login = app
+        .client
+        .get(app.url("/login?lang=ko"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        login
+            .text()
+            .await
+            .unwrap()
+            .contains(r#"href="/password/forgot?lang=ko""#)
+    );
+    let (status, html) = app
+        .post_form("/password/forgot?lang=ko", &[("email", email)])
+        .await;
+    assert_eq!(status, 202);
+    assert!(html.contains("메일함을 확인하세요"), "{html}");
+    let (status, same) = app
+        .post_form(
+            "/password/forgot?lang=ko",
+            &[("email", "ghost@example.com")],
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(strip_csrf(&html), strip_csrf(&same));
+    let (status, _) = app
+        .post_form("/password/forgot?lang=ko", &[("email", "nope")])
+        .await;
+    assert_eq!(status, 422);
+
+    let link = loop {
+        let e = app.next_event_to(email).await;
+        if e.raw["template"] == "reset_password" {
+            break e.raw["data"]["reset_url"].as_str().unwrap().to_owned();
+        }
+    };
+    let reset = token_of(&link);
+    let page = app
+        .client
+        .get(app.url(&format!("/password/reset?token={reset}&lang=ko")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("새 비밀번호 정하기") && page.contains(email),
+        "{page}"
+    );
+    let (status, html) = app
+        .post_form(
+            "/password/reset?lang=ko",
+            &[("token", &reset), ("password", "short")],
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(html.contains("8자 이상이어야 합니다"), "{html}");
+    let res = app
+        .submit(
+            "/password/reset?lang=ko",
+            &[("token", &reset), ("password", "password-two")],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    assert!(
+        res.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/me?lang=ko")
+    );
+
+    // /me: the change form, the sessions with an end button, the deletion link.
+    let phone = browser();
+    let res = phone
+        .post(app.url("/api/v1/login"))
+        .json(&serde_json::json!({"email": email, "password": "password-two"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let me = app
+        .client
+        .get(app.url("/me?lang=ko&done=password"))
+        .send()
+        .await
+        .unwrap();
+    let html = me.text().await.unwrap();
+    assert!(html.contains("비밀번호를 바꿨습니다"), "{html}");
+    assert!(html.contains(r#"action="/password/change?lang=ko""#));
+    assert!(html.contains("지금 이 브라우저"));
+    assert!(html.contains(r#"href="/me/delete?lang=ko""#));
+    let end = html
+        .split(r#"action="/sessions/"#)
+        .nth(1)
+        .expect("an end button for the phone's session");
+    let id = end.split('/').next().unwrap();
+    let res = app
+        .submit(&format!("/sessions/{id}/end?lang=ko"), &[])
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(
+        phone
+            .get(app.url("/api/v1/me"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    let (status, html) = app
+        .post_form(
+            "/password/change?lang=ko",
+            &[
+                ("current_password", "wrong-one"),
+                ("new_password", "password-three"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert!(html.contains("현재 비밀번호가 올바르지 않습니다"), "{html}");
+    let res = app
+        .submit(
+            "/password/change?lang=ko",
+            &[
+                ("current_password", "password-two"),
+                ("new_password", "password-three"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+
+    // Deletion: a confirmation page first, the password, then it is gone.
+    let confirm = app
+        .client
+        .get(app.url("/me/delete?lang=ko"))
+        .send()
+        .await
+        .unwrap();
+    let html = confirm.text().await.unwrap();
+    assert!(
+        html.contains("계정 영구 삭제") && html.contains(email),
+        "{html}"
+    );
+    let (status, _) = app
+        .post_form("/me/delete?lang=ko", &[("password", "wrong-one")])
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(app.count("SELECT count(*) AS n FROM users").await, 1);
+    let (status, html) = app
+        .post_form("/me/delete?lang=ko", &[("password", "password-three")])
+        .await;
+    assert_eq!(status, 200);
+    assert!(html.contains("계정이 삭제되었습니다"), "{html}");
+    assert_eq!(app.count("SELECT count(*) AS n FROM users").await, 0);
+    assert_eq!(app.me().await.status(), 401);
+}
+
+/// A page without its per-request CSP nonce and CSRF token, to compare two.
+fn strip_csrf(html: &str) -> String {
+    html.lines()
+        .filter(|l| !l.contains("name=\"csrf\"") && !l.contains("nonce"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
