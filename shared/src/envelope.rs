@@ -22,6 +22,10 @@ pub const TEMPLATE_RESET_PASSWORD: &str = "reset_password";
 pub const TEMPLATE_PASSWORD_CHANGED: &str = "password_changed";
 /// Template of the "your account was deleted" notice; `data` is [`AccountDeletedData`].
 pub const TEMPLATE_ACCOUNT_DELETED: &str = "account_deleted";
+/// Template of the mail that confirms a new address; `data` is [`ConfirmEmailChangeData`].
+pub const TEMPLATE_CONFIRM_EMAIL_CHANGE: &str = "confirm_email_change";
+/// Template of the notice to the old address after a change; `data` is [`EmailChangedData`].
+pub const TEMPLATE_EMAIL_CHANGED: &str = "email_changed";
 
 /// A `mail.send` event: one mail to one recipient.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -102,6 +106,11 @@ pub struct VerifyEmailData {
     pub verify_url: String,
     /// When the link stops working.
     pub expires_at: DateTime<Utc>,
+    /// A six-digit code that verifies like the link (typed instead of
+    /// clicked); optional for other publishers of this template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{6}$"))]
+    pub code: Option<String>,
 }
 
 /// `data` of the `account_exists` template.
@@ -146,14 +155,42 @@ pub struct AccountDeletedData {
     pub signup_url: String,
 }
 
+/// `data` of the `confirm_email_change` template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ConfirmEmailChangeData {
+    /// The link that makes this address the account's.
+    #[schemars(url)]
+    pub confirm_url: String,
+    /// When the link stops working.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `data` of the `email_changed` notice, sent to the old address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct EmailChangedData {
+    /// The new address, masked (`m***@example.com`).
+    #[schemars(length(min = 3, max = 254))]
+    pub new_email_masked: String,
+    /// When the address was changed.
+    pub changed_at: DateTime<Utc>,
+    /// Where to take the account back (a reset link goes to the new address,
+    /// so this points to the operator's support when set, else the login).
+    #[schemars(url)]
+    pub login_url: String,
+}
+
 /// The templates the mailer embeds (the account service's mails), each in
 /// Korean and English.
-pub const BUILT_IN_TEMPLATES: [&str; 5] = [
+pub const BUILT_IN_TEMPLATES: [&str; 7] = [
     TEMPLATE_VERIFY_EMAIL,
     TEMPLATE_ACCOUNT_EXISTS,
     TEMPLATE_RESET_PASSWORD,
     TEMPLATE_PASSWORD_CHANGED,
     TEMPLATE_ACCOUNT_DELETED,
+    TEMPLATE_CONFIRM_EMAIL_CHANGE,
+    TEMPLATE_EMAIL_CHANGED,
 ];
 
 /// The built-in templates and the JSON Schema of their `data`, in the
@@ -406,6 +443,7 @@ mod tests {
             VerifyEmailData {
                 verify_url: "http://127.0.0.1:8080/verify?token=abc".into(),
                 expires_at: Utc::now(),
+                code: None,
             },
         )
     }

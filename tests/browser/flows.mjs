@@ -8,6 +8,11 @@
 //   node flows.mjs forgot <base> <inbox> <email> <accept-language> <artifacts-dir>
 //     from /login to "forgot password", the mail, the link, a new password,
 //     landing signed in on /me; then a fresh browser signs in with it.
+//   node flows.mjs email-change <base> <inbox> <email> <new-email> <artifacts-dir>
+//     signs in, asks on /me for the new address, confirms from the mail
+//     sent there, and sees the new address on /me.
+//   node flows.mjs code <base> <inbox> <email> <artifacts-dir>
+//     signs up, then verifies by typing the mail's code instead of clicking.
 //   node flows.mjs login-csrf <base> <inbox> <emailA> <emailB> <artifacts-dir>
 //     a second browser profile opens A's link: not signed in without a
 //     click; A's browser, signed in, opens B's link (an attacker's) and
@@ -39,6 +44,25 @@ async function mailLink(to, path = "/verify") {
     await sleep(100);
   }
   throw new Error(`no mail reached ${to}`);
+}
+
+/** The six-digit code in the newest mail to `to`. */
+async function mailCode(to) {
+  const deadline = Date.now() + 30000;
+  while (Date.now() < deadline) {
+    let files = [];
+    try {
+      files = readdirSync(inbox).filter((f) => f.endsWith(".json"));
+    } catch {}
+    files.sort((a, b) => parseInt(b) - parseInt(a));
+    for (const f of files) {
+      const mail = JSON.parse(readFileSync(join(inbox, f), "utf8"));
+      const m = /\b(\d{3}) (\d{3})\b/.exec(mail.text || "");
+      if (mail.rcpt_tos.includes(to) && m) return m[1] + m[2];
+    }
+    await sleep(100);
+  }
+  throw new Error(`no code reached ${to}`);
 }
 
 async function sessionCookie(context) {
@@ -133,6 +157,49 @@ try {
       freshLogin: await login.innerText("#me-email"),
       lang: await login.getAttribute("html", "lang"),
     }));
+  } else if (flow === "email-change") {
+    const [email, newEmail, dir] = rest;
+    const context = await profile();
+    const page = await context.newPage();
+    await page.goto(`${base}/login?lang=en`);
+    await page.fill("#email", email);
+    await page.fill("#password", "a good long password");
+    await Promise.all([
+      page.waitForURL((u) => u.pathname.startsWith("/me"), { timeout: 15000 }),
+      page.click("button[type=submit]"),
+    ]);
+    await page.fill("#new_email", newEmail);
+    await page.fill("#email_password", "a good long password");
+    await Promise.all([
+      page.waitForURL((u) => u.searchParams.get("done") === "email", { timeout: 15000 }),
+      page.click("form[action^='/email/change'] button[type=submit]"),
+    ]);
+    const asked = await page.innerText(".done");
+    const before = await page.innerText("#me-email");
+    const link = await mailLink(newEmail, "/email/confirm");
+    await page.goto(link);
+    await page.screenshot({ path: join(dir, "e2e-email-change-confirm.png"), fullPage: true });
+    const confirmPage = await page.innerText("main");
+    await Promise.all([page.waitForLoadState("load"), page.click("#confirm-email button[type=submit]")]);
+    await page.waitForSelector("h1");
+    const confirmed = await page.innerText("main");
+    await page.goto(`${base}/me?lang=en`);
+    await page.screenshot({ path: join(dir, "e2e-email-change-me.png"), fullPage: true });
+    console.log(JSON.stringify({ asked, before, confirmPage, confirmed, after: await page.innerText("#me-email") }));
+  } else if (flow === "code") {
+    const [email, dir] = rest;
+    const context = await profile();
+    const page = await signUp(context, email, "en");
+    const code = await mailCode(email);
+    await Promise.all([page.waitForLoadState("load"), page.click("#code-link")]);
+    await page.fill("#email", email);
+    await page.fill("#code", `${code.slice(0, 3)} ${code.slice(3)}`);
+    await page.screenshot({ path: join(dir, "e2e-code-entry.png"), fullPage: true });
+    await Promise.all([
+      page.waitForURL((u) => u.pathname.startsWith("/me"), { timeout: 15000 }),
+      page.click("button[type=submit]"),
+    ]);
+    console.log(JSON.stringify({ code, me: await page.innerText("#me-email"), session: await sessionCookie(context) }));
   } else if (flow === "login-csrf") {
     const [emailA, emailB, dir] = rest;
     // A signs up in their own browser.

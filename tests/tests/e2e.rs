@@ -335,6 +335,81 @@ async fn forgot_password_in_korean() {
         .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_the_address_from_me_and_confirm_it_from_the_mail() {
+    let system = System::start().await;
+    let id = Uuid::new_v4().simple().to_string();
+    let (old, new) = (
+        format!("old-{id}@example.com"),
+        format!("new-{id}@example.com"),
+    );
+    verified_account(&system, &old, "en").await;
+    let dir = root().join("tests/artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let inbox = system.dir.join("inbox");
+    let r = browser_flow(
+        "email-change",
+        &[
+            &system.account_url,
+            inbox.to_str().unwrap(),
+            &old,
+            &new,
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r["before"], old.as_str(), "nothing changes before the link");
+    assert!(r["confirmPage"].as_str().unwrap().contains(&new));
+    assert!(r["confirmed"].as_str().unwrap().contains("Address changed"));
+    assert_eq!(r["after"], new.as_str(), "/me shows the new address");
+    // The old address got the notice, naming the new one masked.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let notice = received(&inbox).into_iter().find(|m| {
+            m["rcpt_tos"][0] == old.as_str()
+                && m["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("n***@example.com")
+        });
+        if notice.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old address hears of the change"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_signup_verifies_by_typing_the_code() {
+    let system = System::start().await;
+    let email = format!("code-{}@example.com", Uuid::new_v4().simple());
+    let dir = root().join("tests/artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let inbox = system.dir.join("inbox");
+    let r = browser_flow(
+        "code",
+        &[
+            &system.account_url,
+            inbox.to_str().unwrap(),
+            &email,
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r["me"], email.as_str(), "signed in by the code");
+    assert!(!r["session"].is_null());
+    let mail = system.mail_to(&email).await;
+    let code = r["code"].as_str().unwrap();
+    assert!(
+        mail["html"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{} {}", &code[..3], &code[3..]))
+    );
+}
+
 /// Login CSRF through the verification link, in real browsers: another
 /// profile that opens a link is not signed in without a click, and a
 /// browser signed in as A that opens B's link stays A.

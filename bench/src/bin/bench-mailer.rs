@@ -107,6 +107,7 @@ async fn run(label: &str, n: usize, extra: &[(&str, &str)]) -> anyhow::Result<()
                         "A".repeat(120)
                     ),
                     expires_at: Utc::now() + chrono::Duration::hours(24),
+                    code: Some(format!("{:06}", i % 1_000_000)),
                 },
             )
             .to_vec()

@@ -9,6 +9,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use crate::code::{self, Code};
 use crate::config::Settings;
 use crate::db::DbPool;
 use crate::domain::{Email, Password};
@@ -51,6 +52,10 @@ pub enum AccountError {
     NoSession,
     #[error("no such resource")]
     NotFound,
+    #[error("the code is wrong, expired or was tried too often")]
+    CodeInvalid,
+    #[error("the address belongs to another account")]
+    EmailTaken,
     #[error("too much password work queued")]
     Busy(std::time::Duration),
     #[error("the client left before the work started")]
@@ -96,6 +101,8 @@ impl AccountError {
             Self::BadCredentials => "bad-credentials",
             Self::NoSession => "no-session",
             Self::NotFound => "not-found",
+            Self::CodeInvalid => "code-invalid",
+            Self::EmailTaken => "email-taken",
             Self::Busy(_) => "busy",
             Self::Abandoned => "abandoned",
             Self::Token(TokenError::Expired(_)) => "token-expired",
@@ -138,6 +145,9 @@ struct UserState {
     verify_epoch: i32,
     verification_sent_at: Option<DateTime<Utc>>,
     password_epoch: i32,
+    email_epoch: i32,
+    verify_code_hash: Option<Vec<u8>>,
+    verify_code_attempts: i32,
 }
 
 /// The account operations and what they need.
@@ -190,9 +200,11 @@ impl Accounts {
         let mut conn = self.pool.get().await?;
         let key = email.key();
         let mails = &self.mails;
+        let keys = &self.keys;
         let outcome = conn
             .transaction::<_, AccountError, _>(async |conn| {
                 let new_id = Uuid::new_v4();
+                let code = Code::generate();
                 let inserted = diesel::insert_into(users::table)
                     .values((
                         users::id.eq(new_id),
@@ -201,13 +213,14 @@ impl Accounts {
                         users::password_hash.eq(&hash),
                         users::locale.eq(lang.tag()),
                         users::verification_sent_at.eq(Utc::now()),
+                        users::verify_code_hash.eq(code.hash(keys, new_id)),
                     ))
                     .on_conflict(users::email_key)
                     .do_nothing()
                     .execute(conn)
                     .await?;
                 if inserted == 1 {
-                    let mail = mails.verification(new_id, email.as_str(), 0, lang, binding);
+                    let mail = mails.verification(new_id, email.as_str(), 0, lang, binding, &code);
                     outbox::enqueue(conn, &mail, new_id).await?;
                     return Ok(SignupOutcome::Created);
                 }
@@ -237,7 +250,8 @@ impl Accounts {
                     ))
                     .execute(conn)
                     .await?;
-                let mail = mails.verification(user.id, &user.email, epoch, lang, binding);
+                let code = Self::new_code(conn, keys, user.id).await?;
+                let mail = mails.verification(user.id, &user.email, epoch, lang, binding, &code);
                 outbox::enqueue(conn, &mail, user.id).await?;
                 Ok(SignupOutcome::Renewed)
             })
@@ -245,6 +259,24 @@ impl Accounts {
         self.relay.wake();
         metrics::counter!("account_signups_total", "outcome" => outcome.label()).increment(1);
         Ok(outcome)
+    }
+
+    /// A fresh code for `user_id`'s next verification mail: its keyed hash
+    /// replaces the last one, its tries start again.
+    async fn new_code(
+        conn: &mut diesel_async::AsyncPgConnection,
+        keys: &KeyRing,
+        user_id: Uuid,
+    ) -> Result<Code, AccountError> {
+        let code = Code::generate();
+        diesel::update(users::table.find(user_id))
+            .set((
+                users::verify_code_hash.eq(code.hash(keys, user_id)),
+                users::verify_code_attempts.eq(0),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(code)
     }
 
     /// The user with `key`, locked for the transaction.
@@ -304,8 +336,15 @@ impl Accounts {
                 let lang = lang
                     .or_else(|| Lang::from_tag(&user.locale))
                     .unwrap_or(self.settings.default_locale);
-                let mail =
-                    mails.verification(user.id, &user.email, user.verify_epoch, lang, binding);
+                let code = Self::new_code(conn, &self.keys, user.id).await?;
+                let mail = mails.verification(
+                    user.id,
+                    &user.email,
+                    user.verify_epoch,
+                    lang,
+                    binding,
+                    &code,
+                );
                 outbox::enqueue(conn, &mail, user.id).await?;
                 Ok(true)
             })
@@ -375,34 +414,110 @@ impl Accounts {
             {
                 return Err(AccountError::TokenUsed { email: user.email });
             }
-            diesel::update(users::table.find(user.id))
-                .set((
-                    users::verified_at.eq(user.verified_at.unwrap_or_else(Utc::now)),
-                    users::verify_epoch.eq(user.verify_epoch + 1),
-                ))
-                .execute(conn)
-                .await?;
-            let current = match &client.session {
-                Some(s) => sessions::lookup(conn, s, settings.session_idle_ttl).await?,
-                None => None,
-            };
-            if let Some(other) = current.filter(|c| c.id != user.id) {
-                return Ok(Verified {
-                    user_id: user.id,
-                    email: user.email,
-                    session: None,
-                    kept_session_of: Some(other.email),
-                });
-            }
-            let session = Self::rotate(conn, user.id, settings, client).await?;
-            Ok(Verified {
-                user_id: user.id,
-                email: user.email,
-                session: Some(session),
-                kept_session_of: None,
-            })
+            Self::mark_verified(conn, &user, client, settings).await
         })
         .await
+    }
+
+    /// Marks `user` verified (a link or a code proved the address: both
+    /// die), and opens a session for the browser unless it is signed in as
+    /// someone else.
+    async fn mark_verified(
+        conn: &mut diesel_async::AsyncPgConnection,
+        user: &UserState,
+        client: &Client,
+        settings: &Settings,
+    ) -> Result<Verified, AccountError> {
+        diesel::update(users::table.find(user.id))
+            .set((
+                users::verified_at.eq(user.verified_at.unwrap_or_else(Utc::now)),
+                users::verify_epoch.eq(user.verify_epoch + 1),
+            ))
+            .execute(conn)
+            .await?;
+        let current = match &client.session {
+            Some(s) => sessions::lookup(conn, s, settings.session_idle_ttl).await?,
+            None => None,
+        };
+        if let Some(other) = current.filter(|c| c.id != user.id) {
+            return Ok(Verified {
+                user_id: user.id,
+                email: user.email.clone(),
+                session: None,
+                kept_session_of: Some(other.email),
+            });
+        }
+        let session = Self::rotate(conn, user.id, settings, client).await?;
+        Ok(Verified {
+            user_id: user.id,
+            email: user.email.clone(),
+            session: Some(session),
+            kept_session_of: None,
+        })
+    }
+
+    /// Verifies an address by the code of its newest verification mail,
+    /// like the link (same session rules). Unknown addresses, wrong codes
+    /// and dead codes (five wrong tries, a newer mail) all answer
+    /// `CodeInvalid`; only the right code of a used mail says `TokenUsed`.
+    pub async fn verify_code(
+        &self,
+        email: Email,
+        code: &str,
+        client: &Client,
+    ) -> Result<Verified, AccountError> {
+        let result = self.verify_code_inner(email, code, client).await;
+        let outcome = match &result {
+            Ok(_) => "verified-by-code",
+            Err(e) => e.label(),
+        };
+        metrics::counter!("account_verifications_total", "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn verify_code_inner(
+        &self,
+        email: Email,
+        code: &str,
+        client: &Client,
+    ) -> Result<Verified, AccountError> {
+        let code = Code::parse(code).ok_or(AccountError::CodeInvalid)?;
+        let mut conn = self.pool.get().await?;
+        let (keys, settings) = (&self.keys, &self.settings);
+        let key = email.key();
+        // A wrong guess must count even though the answer is an error, so
+        // the transaction answers Ok with the outcome and the error is
+        // raised after the commit.
+        conn.transaction::<_, AccountError, _>(async |conn| {
+            let Some(user) = Self::lock_by_key(conn, &key).await? else {
+                return Ok(Err(AccountError::CodeInvalid));
+            };
+            let Some(stored) = &user.verify_code_hash else {
+                return Ok(Err(AccountError::CodeInvalid));
+            };
+            let right = code.matches(keys, user.id, stored);
+            if user.verified_at.is_some() {
+                return Ok(Err(if right {
+                    AccountError::TokenUsed {
+                        email: user.email.clone(),
+                    }
+                } else {
+                    AccountError::CodeInvalid
+                }));
+            }
+            if user.verify_code_attempts >= code::MAX_ATTEMPTS {
+                return Ok(Err(AccountError::CodeInvalid));
+            }
+            if !right {
+                diesel::update(users::table.find(user.id))
+                    .set(users::verify_code_attempts.eq(user.verify_code_attempts + 1))
+                    .execute(conn)
+                    .await?;
+                return Ok(Err(AccountError::CodeInvalid));
+            }
+            Ok(Ok(Self::mark_verified(conn, &user, client, settings).await?))
+        })
+        .await?
     }
 
     /// A new session for `user_id` that replaces the browser's current one
@@ -768,5 +883,126 @@ impl Accounts {
         )
         .execute(&mut conn)
         .await?)
+    }
+
+    /// Asks to move the signed-in account to `new_email` (the password
+    /// required). The new address gets a link; a taken one gets "account
+    /// exists" instead, so the answer never tells whether it is taken.
+    pub async fn request_email_change(
+        &self,
+        session: &str,
+        new_email: Email,
+        password: Password,
+        client: &Client,
+    ) -> Result<(), AccountError> {
+        let user = self.reauthenticate(session, password, client).await?;
+        let new_key = new_email.key();
+        if new_key == user.email_key {
+            return Ok(());
+        }
+        let mut conn = self.pool.get().await?;
+        let mails = &self.mails;
+        conn.transaction::<_, AccountError, _>(async |conn| {
+            let Some(me) = Self::lock(conn, user.id).await? else {
+                return Err(AccountError::NoSession);
+            };
+            let taken: Option<UserState> = users::table
+                .filter(users::email_key.eq(&new_key))
+                .select(UserState::as_select())
+                .first(conn)
+                .await
+                .optional()?;
+            let mail = match &taken {
+                Some(owner) => mails.account_exists(new_email.as_str(), self.lang_of(owner)),
+                None => mails.confirm_email_change(
+                    me.id,
+                    new_email.as_str(),
+                    me.email_epoch,
+                    self.lang_of(&me),
+                ),
+            };
+            outbox::enqueue(conn, &mail, me.id).await?;
+            Ok(())
+        })
+        .await?;
+        self.relay.wake();
+        metrics::counter!("account_email_changes_total", "step" => "requested").increment(1);
+        Ok(())
+    }
+
+    /// Opens an address-change link and checks it is the live one, changing
+    /// nothing; returns the claims (the new address) and the current address.
+    pub async fn inspect_email_change(
+        &self,
+        token: &str,
+    ) -> Result<(Claims, String), AccountError> {
+        let claims = self.keys.open(token::CHANGE_EMAIL, token, Utc::now())?;
+        let mut conn = self.pool.get().await?;
+        let user: Option<UserState> = users::table
+            .find(claims.user_id)
+            .select(UserState::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?;
+        let user = Self::check_email_change(user, &claims)?;
+        Ok((claims, user.email))
+    }
+
+    fn check_email_change(
+        user: Option<UserState>,
+        claims: &Claims,
+    ) -> Result<UserState, AccountError> {
+        match user {
+            None => Err(AccountError::Token(TokenError::Forged)),
+            Some(u) if u.email_epoch != claims.epoch => {
+                Err(AccountError::TokenUsed { email: u.email })
+            }
+            Some(u) => Ok(u),
+        }
+    }
+
+    /// Makes the link's new address the account's: sessions stay, older
+    /// change, reset and verification links die (they name the old
+    /// address or epoch), the old address gets a notice. Returns the old
+    /// and the new address.
+    pub async fn confirm_email_change(
+        &self,
+        token: &str,
+    ) -> Result<(String, String), AccountError> {
+        let claims = self.keys.open(token::CHANGE_EMAIL, token, Utc::now())?;
+        let new_email =
+            Email::parse(&claims.email).map_err(|_| AccountError::Token(TokenError::Forged))?;
+        let mut conn = self.pool.get().await?;
+        let mails = &self.mails;
+        let changed = conn
+            .transaction::<_, AccountError, _>(async |conn| {
+                let user = Self::lock(conn, claims.user_id).await?;
+                let user = Self::check_email_change(user, &claims)?;
+                let updated = diesel::update(users::table.find(user.id))
+                    .set((
+                        users::email.eq(new_email.as_str()),
+                        users::email_key.eq(new_email.key()),
+                        users::email_epoch.eq(user.email_epoch + 1),
+                        users::verify_epoch.eq(user.verify_epoch + 1),
+                        users::verified_at.eq(user.verified_at.unwrap_or_else(Utc::now)),
+                    ))
+                    .execute(conn)
+                    .await;
+                match updated {
+                    Err(diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::UniqueViolation,
+                        _,
+                    )) => return Err(AccountError::EmailTaken),
+                    other => other?,
+                };
+                let mail =
+                    mails.email_changed(&user.email, new_email.as_str(), self.lang_of(&user));
+                outbox::enqueue(conn, &mail, user.id).await?;
+                Ok((user.email, new_email.as_str().to_owned()))
+            })
+            .await?;
+        self.relay.wake();
+        metrics::counter!("account_email_changes_total", "step" => "confirmed").increment(1);
+        Ok(changed)
     }
 }

@@ -39,6 +39,10 @@ pub enum AppError {
     Token(#[from] TokenError),
     #[error("the link was already used or replaced by a newer one")]
     TokenUsed { email: String },
+    #[error("the code is wrong, expired or was tried too often; ask for a new mail")]
+    CodeInvalid,
+    #[error("the address now belongs to another account")]
+    EmailTaken,
     #[error("temporarily unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
@@ -51,6 +55,8 @@ impl From<AccountError> for AppError {
             AccountError::BadCredentials => Self::BadCredentials,
             AccountError::NoSession => Self::Unauthorized,
             AccountError::NotFound => Self::NotFound,
+            AccountError::CodeInvalid => Self::CodeInvalid,
+            AccountError::EmailTaken => Self::EmailTaken,
             AccountError::Busy(wait) => Self::Busy(wait),
             // Nobody reads this answer: the client has gone.
             AccountError::Abandoned => Self::Busy(Duration::from_secs(1)),
@@ -79,6 +85,8 @@ impl AppError {
             Self::Token(TokenError::Expired(_)) => "token-expired",
             Self::Token(_) => "token-invalid",
             Self::TokenUsed { .. } => "token-used",
+            Self::CodeInvalid => "code-invalid",
+            Self::EmailTaken => "email-taken",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -126,7 +134,8 @@ impl ResponseError for AppError {
             Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Token(TokenError::Expired(_)) => StatusCode::GONE,
             Self::Token(_) => StatusCode::BAD_REQUEST,
-            Self::TokenUsed { .. } => StatusCode::CONFLICT,
+            Self::TokenUsed { .. } | Self::EmailTaken => StatusCode::CONFLICT,
+            Self::CodeInvalid => StatusCode::BAD_REQUEST,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod binding;
 pub mod broker;
+pub mod code;
 pub mod config;
 pub mod db;
 pub mod domain;

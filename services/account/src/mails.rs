@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use shared::envelope::{
-    AccountDeletedData, AccountExistsData, PasswordChangedData, ResetPasswordData,
-    TEMPLATE_ACCOUNT_DELETED, TEMPLATE_ACCOUNT_EXISTS, TEMPLATE_PASSWORD_CHANGED,
+    AccountDeletedData, AccountExistsData, ConfirmEmailChangeData, EmailChangedData,
+    PasswordChangedData, ResetPasswordData, TEMPLATE_ACCOUNT_DELETED, TEMPLATE_ACCOUNT_EXISTS,
+    TEMPLATE_CONFIRM_EMAIL_CHANGE, TEMPLATE_EMAIL_CHANGED, TEMPLATE_PASSWORD_CHANGED,
     TEMPLATE_RESET_PASSWORD, TEMPLATE_VERIFY_EMAIL, VerifyEmailData,
 };
 use shared::{MailSend, Recipient};
 use uuid::Uuid;
 
+use crate::code::Code;
 use crate::config::Settings;
 use crate::i18n::Lang;
 use crate::token::{self, BINDING_LEN, Claims, KeyRing};
@@ -76,7 +78,8 @@ impl Mails {
 
     /// The verification mail: a link that verifies `email` for `user_id` at
     /// `epoch` and signs in, valid for `ACCOUNT_TOKEN_TTL`, bound to the
-    /// browser whose binding cookie hashes to `binding` (if any).
+    /// browser whose binding cookie hashes to `binding` (if any), and the
+    /// `code` that does the same when typed.
     pub fn verification(
         &self,
         user_id: Uuid,
@@ -84,6 +87,7 @@ impl Mails {
         epoch: i32,
         lang: Lang,
         binding: Option<[u8; BINDING_LEN]>,
+        code: &Code,
     ) -> MailSend {
         let (token, expires_at) = self.seal(
             token::VERIFY_EMAIL,
@@ -104,6 +108,7 @@ impl Mails {
             VerifyEmailData {
                 verify_url,
                 expires_at,
+                code: Some(code.as_str().to_owned()),
             },
         )
     }
@@ -177,5 +182,74 @@ impl Mails {
                 signup_url: self.settings.url(&format!("/signup?lang={}", lang.tag())),
             },
         )
+    }
+
+    /// The mail to a new address: a link that makes it the account's,
+    /// sealed with the account's email `epoch`.
+    pub fn confirm_email_change(
+        &self,
+        user_id: Uuid,
+        new_email: &str,
+        epoch: i32,
+        lang: Lang,
+    ) -> MailSend {
+        let (token, expires_at) = self.seal(
+            token::CHANGE_EMAIL,
+            user_id,
+            new_email,
+            epoch,
+            self.settings.token_ttl,
+            None,
+        );
+        let confirm_url = self
+            .settings
+            .url(&format!("/email/confirm?token={token}&lang={}", lang.tag()));
+        MailSend::template(
+            SOURCE,
+            Self::to(new_email),
+            lang.tag(),
+            TEMPLATE_CONFIRM_EMAIL_CHANGE,
+            ConfirmEmailChangeData {
+                confirm_url,
+                expires_at,
+            },
+        )
+    }
+
+    /// The notice to the old address, naming the new one masked.
+    pub fn email_changed(&self, old_email: &str, new_email: &str, lang: Lang) -> MailSend {
+        MailSend::template(
+            SOURCE,
+            Self::to(old_email),
+            lang.tag(),
+            TEMPLATE_EMAIL_CHANGED,
+            EmailChangedData {
+                new_email_masked: mask(new_email),
+                changed_at: now_s(),
+                login_url: self.settings.url(&format!("/login?lang={}", lang.tag())),
+            },
+        )
+    }
+}
+
+/// `minsu@example.com` as `m***@example.com`: enough for the owner of the
+/// old address to recognise, not enough to hand someone the new one.
+pub fn mask(email: &str) -> String {
+    match email.rsplit_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.chars().take(1).collect();
+            format!("{first}***@{domain}")
+        }
+        None => "***".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_masked_address_keeps_its_first_letter_and_domain() {
+        assert_eq!(super::mask("minsu@example.com"), "m***@example.com");
+        assert_eq!(super::mask("m@example.com"), "m***@example.com");
+        assert_eq!(super::mask("nobody"), "***");
     }
 }

@@ -12,6 +12,9 @@ diesel::table! {
         verification_sent_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         password_epoch -> Int4,
+        email_epoch -> Int4,
+        verify_code_hash -> Nullable<Bytea>,
+        verify_code_attempts -> Int4,
     }
 }
 

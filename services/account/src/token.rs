@@ -26,6 +26,10 @@ use uuid::Uuid;
 pub const VERIFY_EMAIL: &str = "verify-email/v1";
 /// The purpose of a password reset link.
 pub const RESET_PASSWORD: &str = "reset-password/v1";
+/// The purpose of a link that confirms a new address for an account.
+pub const CHANGE_EMAIL: &str = "change-email/v1";
+/// The purpose of the keyed hash of a verification code.
+pub const VERIFY_CODE: &str = "verify-code/v1";
 
 /// The version this code seals.
 const VERSION: &str = "v2";
@@ -93,7 +97,12 @@ pub enum KeyRingError {
 #[derive(Clone)]
 pub struct KeyRing {
     keys: Vec<(String, Aes256Gcm)>,
+    /// Per key, a MAC key derived from it (keyed hashes of short secrets
+    /// such as verification codes): SHA-256 of a label and the key.
+    macs: Vec<[u8; 32]>,
 }
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,6 +125,7 @@ impl KeyRing {
     /// Parses `kid:base64key,kid:base64key,...` (standard or URL-safe base64, 32-byte keys).
     pub fn parse(spec: &str) -> Result<Self, KeyRingError> {
         let mut keys: Vec<(String, Aes256Gcm)> = Vec::new();
+        let mut macs = Vec::new();
         for (i, entry) in spec
             .split(',')
             .map(str::trim)
@@ -140,16 +150,48 @@ impl KeyRing {
             let cipher =
                 Aes256Gcm::new_from_slice(&bytes).map_err(|_| KeyRingError::Key(kid.to_owned()))?;
             keys.push((kid.to_owned(), cipher));
+            let mut derive = <sha2::Sha256 as sha2::Digest>::new();
+            sha2::Digest::update(&mut derive, b"signup-mac-key/v1\0");
+            sha2::Digest::update(&mut derive, &bytes);
+            macs.push(sha2::Digest::finalize(derive).into());
         }
         if keys.is_empty() {
             return Err(KeyRingError::Empty);
         }
-        Ok(Self { keys })
+        Ok(Self { keys, macs })
     }
 
     /// A ring of one fresh random key, for a process without configured keys.
     pub fn ephemeral() -> Self {
         Self::parse(&generate_key_spec("ephemeral")).expect("a generated key parses")
+    }
+
+    fn hmac(key: &[u8; 32], purpose: &str, msg: &[u8]) -> HmacSha256 {
+        use hmac::Mac;
+        let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(purpose.as_bytes());
+        mac.update(b"\0");
+        mac.update(msg);
+        mac
+    }
+
+    /// A keyed hash of `msg` for `purpose`, with the first key: what the
+    /// database keeps of a short secret, useless without the key ring.
+    pub fn mac(&self, purpose: &str, msg: &[u8]) -> Vec<u8> {
+        use hmac::Mac;
+        Self::hmac(&self.macs[0], purpose, msg)
+            .finalize()
+            .into_bytes()
+            .to_vec()
+    }
+
+    /// Whether `tag` is the keyed hash of `msg` under any key of the ring,
+    /// compared in constant time.
+    pub fn mac_matches(&self, purpose: &str, msg: &[u8], tag: &[u8]) -> bool {
+        use hmac::Mac;
+        self.macs
+            .iter()
+            .any(|key| Self::hmac(key, purpose, msg).verify_slice(tag).is_ok())
     }
 
     /// The id of the sealing key.
@@ -444,6 +486,25 @@ mod tests {
             dropped.open(VERIFY_EMAIL, &token, now()),
             Err(TokenError::UnknownKey)
         );
+    }
+
+    #[test]
+    fn keyed_hashes_check_under_any_key_of_the_ring_and_nothing_else() {
+        let old = generate_key_spec("a");
+        let new = generate_key_spec("b");
+        let before = KeyRing::parse(&old).unwrap();
+        let tag = before.mac(VERIFY_CODE, b"user|3|123456");
+        assert_eq!(tag.len(), 32);
+        let rotated = KeyRing::parse(&format!("{new},{old}")).unwrap();
+        assert!(rotated.mac_matches(VERIFY_CODE, b"user|3|123456", &tag));
+        assert!(!rotated.mac_matches(VERIFY_CODE, b"user|3|123457", &tag));
+        assert!(!rotated.mac_matches("other/v1", b"user|3|123456", &tag));
+        assert!(
+            !KeyRing::parse(&new)
+                .unwrap()
+                .mac_matches(VERIFY_CODE, b"user|3|123456", &tag)
+        );
+        assert!(!rotated.mac_matches(VERIFY_CODE, b"user|3|123456", &tag[..31]));
     }
 
     #[test]

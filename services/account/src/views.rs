@@ -42,6 +42,11 @@ impl Views {
             ("forgot.html", include_str!("../templates/forgot.html")),
             ("reset.html", include_str!("../templates/reset.html")),
             ("delete.html", include_str!("../templates/delete.html")),
+            ("code.html", include_str!("../templates/code.html")),
+            (
+                "email_confirm.html",
+                include_str!("../templates/email_confirm.html"),
+            ),
         ] {
             env.add_template(name, src)
                 .expect("embedded templates parse");
@@ -171,6 +176,7 @@ impl Views {
             | AppError::UnsupportedMediaType
             | AppError::PayloadTooLarge => ("error_title", "bad_request", context! {}),
             AppError::Forbidden(_) => ("error_title", "forbidden", context! {}),
+            AppError::CodeInvalid => ("error_title", "code_invalid", context! {}),
             _ => ("error_title", "error_body", context! {}),
         };
         let mut res = self.notice(page, err.status_code(), title, body, ctx);

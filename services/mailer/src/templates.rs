@@ -71,6 +71,18 @@ const EMBEDDED: &[(&str, &str)] = embedded![
     "account_deleted/en/subject.txt",
     "account_deleted/en/body.html",
     "account_deleted/en/body.txt",
+    "confirm_email_change/ko/subject.txt",
+    "confirm_email_change/ko/body.html",
+    "confirm_email_change/ko/body.txt",
+    "confirm_email_change/en/subject.txt",
+    "confirm_email_change/en/body.html",
+    "confirm_email_change/en/body.txt",
+    "email_changed/ko/subject.txt",
+    "email_changed/ko/body.html",
+    "email_changed/ko/body.txt",
+    "email_changed/en/subject.txt",
+    "email_changed/en/body.html",
+    "email_changed/en/body.txt",
 ];
 
 /// Whether `template` is one of the embedded templates (an operator's
@@ -351,6 +363,9 @@ mod tests {
             "expires_at": "2026-11-25T10:00:00Z",
             "changed_at": "2026-11-25T10:00:00Z",
             "deleted_at": "2026-11-25T10:00:00Z",
+            "confirm_url": "https://acc.example/email/confirm?token=v2.k.GHI",
+            "new_email_masked": "m***@example.com",
+            "code": "042137",
         });
         for template in shared::envelope::BUILT_IN_TEMPLATES {
             for locale in ["ko", "en"] {
@@ -370,6 +385,7 @@ mod tests {
                     "login_url",
                     "forgot_url",
                     "signup_url",
+                    "confirm_url",
                 ];
                 let used: Vec<&str> = links
                     .iter()

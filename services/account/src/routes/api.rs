@@ -29,7 +29,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/password/reset", web::post().to(reset))
             .route("/password", web::post().to(change_password))
             .route("/sessions", web::get().to(sessions))
-            .route("/sessions/{id}", web::delete().to(end_session)),
+            .route("/sessions/{id}", web::delete().to(end_session))
+            .route("/email", web::post().to(change_email))
+            .route("/email/confirm", web::post().to(confirm_email)),
     );
 }
 
@@ -116,9 +118,12 @@ async fn resend(
     Ok(res)
 }
 
+/// Either the link's token, or the address and the code of its mail.
 #[derive(Deserialize)]
 struct VerifyRequest {
     token: Option<String>,
+    email: Option<String>,
+    code: Option<String>,
 }
 
 #[tracing::instrument(name = "api.verify", skip_all)]
@@ -127,15 +132,24 @@ async fn verify(
     state: web::Data<AppState>,
     body: web::Json<VerifyRequest>,
 ) -> Result<HttpResponse, AppError> {
-    let token =
-        required(body.into_inner().token, "token").map_err(|e| AppError::Validation(vec![e]))?;
-    // API clients are signed in by the link, as documented; the session
-    // cookie they held (if any) is simply replaced in their jar.
+    let body = body.into_inner();
+    // API clients are signed in by the link or the code, as documented; the
+    // session cookie they held (if any) is simply replaced in their jar.
     let client = Client {
         session: None,
         ..client(&req, &state.settings)
     };
-    let verified = state.accounts.verify(&token, &client).await?;
+    let verified = match (body.token, body.email, body.code) {
+        (Some(token), _, _) => state.accounts.verify(&token, &client).await?,
+        (None, email, code) => {
+            let (email, code) = fields(
+                required(email, "email").and_then(|e| Email::parse(&e)),
+                required(code, "code"),
+            )?;
+            rate_limit(&req, &state, &email)?;
+            state.accounts.verify_code(email, &code, &client).await?
+        }
+    };
     let mut res = HttpResponse::Ok();
     if let Some(session) = &verified.session {
         res.cookie(session_cookie(&state.settings, session.as_str()));
@@ -336,4 +350,60 @@ async fn delete_me(
     Ok(HttpResponse::NoContent()
         .cookie(removal_cookie(&state.settings))
         .finish())
+}
+
+#[derive(Deserialize)]
+struct ChangeEmailRequest {
+    new_email: Option<String>,
+    password: Option<String>,
+}
+
+/// Asks to move the signed-in account to a new address: 202 whether or not
+/// the address is taken; the change happens only through the mailed link.
+#[tracing::instrument(name = "api.change_email", skip_all)]
+async fn change_email(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<ChangeEmailRequest>,
+) -> Result<HttpResponse, AppError> {
+    let session = signed_in(&req, &state)?;
+    let body = body.into_inner();
+    let (new_email, password) = fields(
+        required(body.new_email, "new_email").and_then(|e| {
+            Email::parse(&e).map_err(|err| FieldError {
+                field: "new_email",
+                ..err
+            })
+        }),
+        required(body.password, "password").and_then(Password::parse_login),
+    )?;
+    let me = state.accounts.me(&session).await?;
+    rate_limit(&req, &state, &Email::stored(me.email))?;
+    rate_limit(&req, &state, &new_email)?;
+    state
+        .accounts
+        .request_email_change(
+            &session,
+            new_email,
+            password,
+            &client(&req, &state.settings),
+        )
+        .await?;
+    Ok(accepted())
+}
+
+#[derive(Deserialize)]
+struct ConfirmEmailRequest {
+    token: Option<String>,
+}
+
+/// Makes the link's new address the account's (sessions stay).
+#[tracing::instrument(name = "api.confirm_email", skip_all)]
+async fn confirm_email(
+    state: web::Data<AppState>,
+    body: web::Json<ConfirmEmailRequest>,
+) -> Result<HttpResponse, AppError> {
+    let token = one_field(required(body.into_inner().token, "token"))?;
+    let (_, email) = state.accounts.confirm_email_change(&token).await?;
+    Ok(HttpResponse::Ok().json(json!({"status": "email-changed", "email": email})))
 }

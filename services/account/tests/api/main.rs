@@ -2,6 +2,7 @@
 
 mod binary;
 mod credentials;
+mod email;
 mod helpers;
 mod outbox;
 mod pages;

@@ -28,6 +28,7 @@ fn verify_event(to: &str, locale: &str, url: &str) -> MailSend {
         VerifyEmailData {
             verify_url: url.to_owned(),
             expires_at: Utc::now() + chrono::Duration::hours(24),
+            code: None,
         },
     )
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use shared::envelope::{
     BUILT_IN_TEMPLATES, TEMPLATE_ACCOUNT_DELETED, TEMPLATE_ACCOUNT_EXISTS,
-    TEMPLATE_PASSWORD_CHANGED, TEMPLATE_RESET_PASSWORD, TEMPLATE_VERIFY_EMAIL,
+    TEMPLATE_CONFIRM_EMAIL_CHANGE, TEMPLATE_EMAIL_CHANGED, TEMPLATE_PASSWORD_CHANGED,
+    TEMPLATE_RESET_PASSWORD, TEMPLATE_VERIFY_EMAIL,
 };
 use shared::{Body, MailSend, RawContent, Recipient};
 
@@ -30,6 +31,7 @@ fn builtins() -> Vec<(&'static str, Value)> {
             json!({
                 "verify_url": "https://account.haneul.example/verify?token=v1.k20261124.AbC9AbC9AbC9-_xZz0_-&lang=ko",
                 "expires_at": EXPIRES,
+                "code": "042137",
             }),
         ),
         (
@@ -50,6 +52,21 @@ fn builtins() -> Vec<(&'static str, Value)> {
         (
             TEMPLATE_ACCOUNT_DELETED,
             json!({"deleted_at": EXPIRES, "signup_url": "https://account.haneul.example/signup"}),
+        ),
+        (
+            TEMPLATE_CONFIRM_EMAIL_CHANGE,
+            json!({
+                "confirm_url": "https://account.haneul.example/email/confirm?token=v2.k20261124.AbC9AbC9-_xZz0_-&lang=ko",
+                "expires_at": EXPIRES,
+            }),
+        ),
+        (
+            TEMPLATE_EMAIL_CHANGED,
+            json!({
+                "new_email_masked": "m***@example.com",
+                "changed_at": EXPIRES,
+                "login_url": "https://account.haneul.example/login",
+            }),
         ),
     ]
 }
@@ -164,6 +181,14 @@ async fn every_template_says_who_sent_it_and_why_and_shows_local_time() {
                 }
                 ("account_deleted", "ko") => "이 주소의 계정이 삭제되었기 때문에",
                 ("account_deleted", _) => "because the account for this address was deleted",
+                ("confirm_email_change", "ko") => "이 주소를 계정 주소로 쓰겠다고 요청했기 때문에",
+                ("confirm_email_change", _) => {
+                    "because someone asked to use this address for their account"
+                }
+                ("email_changed", "ko") => "이 주소의 계정이 다른 주소로 바뀌었기 때문에",
+                ("email_changed", _) => {
+                    "because the account for this address moved to another address"
+                }
                 (other, _) => panic!("no reason known for {other}"),
             };
             assert!(part.contains(why), "{what}: why {why:?}\n{part}");

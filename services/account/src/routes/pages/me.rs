@@ -81,6 +81,7 @@ pub(super) async fn me(
     };
     let done = match q.into_inner().done.as_deref() {
         Some("password") => Some(crate::views::text(page.lang, "password_changed_done")),
+        Some("email") => Some(crate::views::text(page.lang, "email_change_sent")),
         _ => None,
     };
     me_page(&state, &page, &session, StatusCode::OK, context! { done }).await

@@ -3,6 +3,7 @@
 //! the browser that asked for the link). Handlers parse, call the account
 //! operations, and pick a view; one file per part of the site.
 
+mod email;
 mod me;
 mod password;
 mod session;
@@ -22,7 +23,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/signup", web::post().to(signup::signup))
         .route("/verify", web::get().to(verify::verify_page))
         .route("/verify", web::post().to(verify::verify))
+        .route("/verify/code", web::get().to(verify::code_form))
+        .route("/verify/code", web::post().to(verify::code))
         .route("/verification/resend", web::post().to(signup::resend))
+        .route("/email/change", web::post().to(email::change))
+        .route("/email/confirm", web::get().to(email::confirm_page))
+        .route("/email/confirm", web::post().to(email::confirm))
         .route("/login", web::get().to(session::login_form))
         .route("/login", web::post().to(session::login))
         .route("/logout", web::post().to(session::logout))

@@ -49,7 +49,7 @@ pub(super) async fn signup(
                 StatusCode::ACCEPTED,
                 "signup_done_title",
                 "signup_done_body",
-                context! {},
+                context! { show_code_link => true },
             );
             let _ = res.add_cookie(&cookie);
             res

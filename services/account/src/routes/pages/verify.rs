@@ -7,7 +7,10 @@ use minijinja::context;
 use serde::Deserialize;
 
 use super::super::forms::{guard, page};
+use super::super::rate_limit;
 use super::super::{Jar, client, session_cookie};
+use crate::accounts::Verified;
+use crate::domain::Email;
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::token::TokenError;
@@ -71,19 +74,24 @@ pub(super) async fn verify(
         Ok::<_, AppError>(state.accounts.verify(&form.token, &client).await?)
     }
     .await;
-    let verified = match result {
-        Ok(v) => v,
-        Err(e) => return state.views.error_page(&page, e),
-    };
+    match result {
+        Ok(verified) => answer(&state, &page, verified),
+        Err(e) => state.views.error_page(&page, e),
+    }
+}
+
+/// A verification's page: signed in and on to the post-verify page, or,
+/// for a browser signed in as someone else, what happened and how to switch.
+fn answer(state: &AppState, page: &Page, verified: Verified) -> HttpResponse {
     match verified.session {
         Some(session) => HttpResponse::SeeOther()
             .cookie(session_cookie(&state.settings, session.as_str()))
             .cookie(Jar::Binding.removal(&state.settings))
-            .insert_header((header::LOCATION, post_verify_location(&state, &page)))
+            .insert_header((header::LOCATION, post_verify_location(state, page)))
             .finish(),
         // Signed in as someone else: the address is verified, the session stays.
         None => state.views.notice(
-            &page,
+            page,
             StatusCode::OK,
             "verified_kept_title",
             "verified_kept_body",
@@ -100,4 +108,73 @@ fn post_verify_location(state: &AppState, page: &Page) -> String {
     let target = &state.settings.post_verify_url;
     let sep = if target.contains('?') { '&' } else { '?' };
     format!("{target}{sep}lang={}", page.lang.tag())
+}
+
+/// The page where a person types the code of their verification mail.
+pub(super) async fn code_form(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let page = page(&req, &state);
+    state
+        .views
+        .render(&page, StatusCode::OK, "code.html", context! {})
+}
+
+#[derive(Deserialize)]
+pub(super) struct CodeForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Verifies by code with the link's rules for pages: signed in, unless the
+/// browser is signed in as someone else.
+pub(super) async fn code(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<CodeForm>,
+) -> HttpResponse {
+    let page = page(&req, &state);
+    let form = form.into_inner();
+    let result = async {
+        guard(&req, &state, &form.csrf)?;
+        let email = Email::parse(&form.email).map_err(|e| AppError::Validation(vec![e]))?;
+        rate_limit(&req, &state, &email)?;
+        let client = client(&req, &state.settings);
+        Ok::<_, AppError>(
+            state
+                .accounts
+                .verify_code(email, &form.code, &client)
+                .await?,
+        )
+    }
+    .await;
+    match result {
+        Ok(verified) => answer(&state, &page, verified),
+        Err(AppError::Validation(errors)) => state.views.form_errors(
+            &page,
+            "code.html",
+            &errors,
+            context! { email => form.email },
+        ),
+        Err(e @ (AppError::CodeInvalid | AppError::RateLimited(_))) => {
+            use actix_web::ResponseError;
+            let message = match e {
+                AppError::CodeInvalid => "code_invalid",
+                _ => "rate_limited",
+            };
+            let mut res = state.views.render(
+                &page,
+                e.status_code(),
+                "code.html",
+                context! { email => form.email, message => crate::views::text(page.lang, message) },
+            );
+            if let Some(secs) = e.retry_after() {
+                res.headers_mut().insert(header::RETRY_AFTER, secs.into());
+            }
+            res
+        }
+        Err(e) => state.views.error_page(&page, e),
+    }
 }
