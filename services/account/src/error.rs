@@ -25,6 +25,8 @@ pub enum AppError {
     UnsupportedMediaType,
     #[error("no such resource")]
     NotFound,
+    #[error("this method is not allowed here; see the Allow header")]
+    MethodNotAllowed,
     #[error("too many requests")]
     RateLimited(Duration),
     #[error("not signed in")]
@@ -77,6 +79,7 @@ impl AppError {
             Self::PayloadTooLarge => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
             Self::RateLimited(_) => "rate-limited",
             Self::Unauthorized => "unauthorized",
             Self::BadCredentials => "bad-credentials",
@@ -128,6 +131,7 @@ impl ResponseError for AppError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized | Self::BadCredentials => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,

@@ -71,7 +71,7 @@ pub async fn create(
 }
 
 /// What `GET /me` shows.
-#[derive(Debug, Clone, Queryable, serde::Serialize)]
+#[derive(Debug, Clone, Queryable, serde::Serialize, utoipa::ToSchema)]
 pub struct SessionUser {
     pub id: Uuid,
     pub email: String,
@@ -131,7 +131,7 @@ pub async fn delete(conn: &mut AsyncPgConnection, token: &str) -> QueryResult<()
 }
 
 /// One of a user's sessions, as the person sees it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct SessionInfo {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,

@@ -22,7 +22,7 @@ use crate::housekeeping::Housekeeping;
 use crate::outbox::Relay;
 use crate::password::Hasher;
 use crate::ratelimit::Limits;
-use crate::routes::{api, ops, pages};
+use crate::routes::{api, openapi, ops, pages};
 use crate::state::AppState;
 use crate::telemetry;
 use crate::token::KeyRing;
@@ -148,6 +148,8 @@ impl Application {
                     )),
                 ))
                 .wrap(from_fn(telemetry::observe))
+                // Before the /api/v1 scope, which answers 404 for what it lacks.
+                .configure(openapi::configure)
                 .configure(api::configure)
                 .configure(pages::configure)
                 .configure(ops::probes)

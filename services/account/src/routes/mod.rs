@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod forms;
+pub mod openapi;
 pub mod ops;
 pub mod pages;
 pub mod peer;
@@ -78,6 +79,18 @@ impl Jar {
             .map(|c| c.value().to_owned())
             .filter(|v| !v.is_empty())
     }
+}
+
+/// A resource at `path` whose other methods answer 405 with `Allow`.
+pub fn resource(path: &str, allow: &'static [&'static str]) -> actix_web::Resource {
+    actix_web::web::resource(path).default_service(actix_web::web::to(move || async move {
+        use actix_web::ResponseError;
+        let mut res = AppError::MethodNotAllowed.error_response();
+        if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&allow.join(", ")) {
+            res.headers_mut().insert(actix_web::http::header::ALLOW, v);
+        }
+        res
+    }))
 }
 
 /// The session cookie carrying `value`.

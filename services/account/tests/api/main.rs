@@ -4,6 +4,7 @@ mod binary;
 mod credentials;
 mod email;
 mod helpers;
+mod openapi;
 mod outbox;
 mod pages;
 mod security;
