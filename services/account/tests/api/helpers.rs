@@ -311,6 +311,12 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Binds the capture queue now (a queue appears on the exchange, as
+    /// when the mailer starts).
+    pub async fn start_capture(&mut self) {
+        self.capture = Some(capture(&self.topology).await);
+    }
+
     /// The next event on the broker, or panics after `wait`.
     pub async fn next_event(&mut self, wait: Duration) -> Captured {
         self.try_next_event(wait)

@@ -7,6 +7,7 @@ mod helpers;
 mod openapi;
 mod outbox;
 mod pages;
+mod promises;
 mod security;
 mod sessions;
 mod signup;
