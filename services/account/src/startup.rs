@@ -99,7 +99,7 @@ impl Application {
             publisher.clone(),
             settings.outbox_sweep_interval,
         );
-        let limits = Limits::new(settings.rate_limits);
+        let limits = Limits::new(settings.rate_limits, pool.clone());
         let listener = TcpListener::bind(&settings.bind)
             .map_err(|e| anyhow::anyhow!("cannot listen on ACCOUNT_BIND={}: {e}", settings.bind))?;
         let port = listener.local_addr()?.port();
@@ -199,7 +199,7 @@ impl Application {
     }
 }
 
-/// Every ten minutes (and at start): forgets idle rate-limit keys, deletes
+/// Every ten minutes (and at start): deletes replenished rate-limit rows,
 /// expired sessions and published outbox rows past their retention.
 async fn housekeeping(
     pool: DbPool,
@@ -213,7 +213,11 @@ async fn housekeeping(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        limits.purge();
+        match limits.purge().await {
+            Ok(n) if n > 0 => tracing::info!(count = n, "purged replenished rate-limit rows"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not purge the rate limits"),
+        }
         let Ok(mut conn) = pool.get().await else {
             continue;
         };

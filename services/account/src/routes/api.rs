@@ -4,7 +4,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{fields, rate_limit, removal_cookie, session_cookie, session_token};
+use super::{Action, fields, rate_limit, removal_cookie, session_cookie, session_token};
 use crate::domain::{Email, FieldError, Password};
 use crate::error::AppError;
 use crate::i18n::Lang;
@@ -56,7 +56,7 @@ async fn signup(
         None | Some("") => super::lang(&req, &state),
         Some(tag) => Lang::from_tag(tag).unwrap_or(state.settings.default_locale),
     };
-    rate_limit(&req, &state, &email)?;
+    rate_limit(&req, &state, Action::Signup, &email).await?;
     state.accounts.signup(email, password, lang).await?;
     Ok(accepted())
 }
@@ -75,7 +75,7 @@ async fn resend(
     let email = required(body.into_inner().email, "email")
         .and_then(|e| Email::parse(&e))
         .map_err(|e| AppError::Validation(vec![e]))?;
-    rate_limit(&req, &state, &email)?;
+    rate_limit(&req, &state, Action::Resend, &email).await?;
     state
         .accounts
         .resend(email, super::lang(&req, &state))
@@ -118,7 +118,7 @@ async fn login(
         required(body.email, "email").and_then(|e| Email::parse(&e)),
         required(body.password, "password").and_then(Password::parse_login),
     )?;
-    rate_limit(&req, &state, &email)?;
+    rate_limit(&req, &state, Action::Login, &email).await?;
     let session = state.accounts.login(email, password).await?;
     Ok(HttpResponse::Ok()
         .cookie(session_cookie(&state.settings, session.as_str()))

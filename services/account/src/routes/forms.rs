@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use minijinja::context;
 use serde::Deserialize;
 
-use super::{fields, rate_limit};
+use super::{Action, fields, rate_limit};
 use crate::domain::{Email, FieldError, Password};
 use crate::error::AppError;
 use crate::i18n::Lang;
@@ -64,11 +64,12 @@ pub struct Rejected {
 
 impl CredentialsForm {
     /// Checks the origin, parses both fields (the password with `policy`),
-    /// applies the limits, then runs `op` on the parsed values.
+    /// applies the limits of `action`, then runs `op` on the parsed values.
     pub async fn submit<T, Fut>(
         self,
         req: &HttpRequest,
         state: &AppState,
+        action: Action,
         policy: fn(String) -> Result<Password, FieldError>,
         op: impl FnOnce(Email, Password) -> Fut,
     ) -> Result<T, Rejected>
@@ -79,7 +80,7 @@ impl CredentialsForm {
         let result = async {
             same_origin(req, state)?;
             let (email, password) = fields(Email::parse(&self.email), policy(self.password))?;
-            rate_limit(req, state, &email)?;
+            rate_limit(req, state, action, &email).await?;
             op(email, password).await
         }
         .await;

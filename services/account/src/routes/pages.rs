@@ -9,7 +9,7 @@ use minijinja::context;
 use serde::Deserialize;
 
 use super::forms::{CredentialsForm, same_origin};
-use super::{lang, rate_limit, removal_cookie, session_cookie, session_token};
+use super::{Action, lang, rate_limit, removal_cookie, session_cookie, session_token};
 use crate::domain::{Email, Password};
 use crate::error::AppError;
 use crate::i18n::Lang;
@@ -58,6 +58,7 @@ async fn signup(
         .submit(
             &req,
             &state,
+            Action::Signup,
             Password::parse_new,
             async |email, password| Ok(state.accounts.signup(email, password, lang).await?),
         )
@@ -147,7 +148,7 @@ async fn resend(
     let result = async {
         same_origin(&req, &state)?;
         let email = Email::parse(&form.email).map_err(|e| AppError::Validation(vec![e]))?;
-        rate_limit(&req, &state, &email)?;
+        rate_limit(&req, &state, Action::Resend, &email).await?;
         Ok::<_, AppError>(state.accounts.resend(email, lang).await?)
     }
     .await;
@@ -188,6 +189,7 @@ async fn login(
         .submit(
             &req,
             &state,
+            Action::Login,
             Password::parse_login,
             async |email, password| Ok(state.accounts.login(email, password).await?),
         )

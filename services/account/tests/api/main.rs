@@ -2,6 +2,7 @@
 
 mod binary;
 mod helpers;
+mod limits;
 mod outbox;
 mod pages;
 mod sessions;
