@@ -3,6 +3,7 @@
 mod binary;
 mod helpers;
 mod limits;
+mod outage;
 mod outbox;
 mod pages;
 mod sessions;
