@@ -82,7 +82,7 @@ pub struct Settings {
     /// Database connections.
     #[arg(long, env = "ACCOUNT_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub database_pool_size: u32,
-    /// RabbitMQ URL [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    /// RabbitMQ URL, or a comma-separated list of a cluster's nodes tried in turn (at connect and on failover) [default: amqp://guest:guest@127.0.0.1:5672/%2f].
     #[arg(long = "amqp-url", value_name = "URL", env = "ACCOUNT_AMQP_URL", hide_env_values = true, value_parser = conf::amqp_url)]
     amqp_url_value: Option<SecretString>,
     /// File holding ACCOUNT_AMQP_URL.

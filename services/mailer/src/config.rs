@@ -48,7 +48,7 @@ pub struct Settings {
     /// Health, readiness and metrics listen address.
     #[arg(long, env = "MAILER_BIND", default_value = "127.0.0.1:9090")]
     pub bind: String,
-    /// RabbitMQ URL [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    /// RabbitMQ URL, or a comma-separated list of a cluster's nodes tried in turn (at connect and on failover) [default: amqp://guest:guest@127.0.0.1:5672/%2f].
     #[arg(long = "amqp-url", value_name = "URL", env = "MAILER_AMQP_URL", hide_env_values = true, value_parser = conf::amqp_url)]
     amqp_url_value: Option<SecretString>,
     /// File holding MAILER_AMQP_URL.

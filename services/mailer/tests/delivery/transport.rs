@@ -442,3 +442,16 @@ async fn a_server_that_hangs_up_mid_reply_is_retried_not_dead_lettered_at_once()
         "lettre's 'incomplete response' is a dropped connection: {reason}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_broker_nodes_is_tried_in_turn_past_a_dead_one() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let nodes = format!("amqp://guest:guest@127.0.0.1:{}/%2f,{AMQP}", free_port());
+    let _mailer = env.mailer(&[("MAILER_AMQP_URL", &nodes)]).await;
+    let broker = Broker::connect().await;
+    let event = verify_event("nodes@example.com", "en", "https://acc.example/v");
+    broker.publish(&env.topology, &event.to_vec()).await;
+    let mails = env.wait_for_mail(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+}
