@@ -171,7 +171,11 @@ impl Consumer {
                 (template, "sent")
             }
             Err(failure) => {
-                let step = routing::next_step(attempt, &failure.error, &self.settings.retry_delays);
+                let delays = &self.settings.retry_delays;
+                let step = match self.pipeline.outlet.misconfigured() {
+                    Some(_) if failure.error.transient => routing::hold(attempt, delays),
+                    _ => routing::next_step(attempt, &failure.error, delays),
+                };
                 let id = failure
                     .id
                     .map(|i| i.to_string())
@@ -180,6 +184,10 @@ impl Consumer {
                     Step::Retry(delay) => {
                         tracing::warn!(event_id = %id, template = %failure.template, attempt = attempt + 1, retry_in = ?delay, error = %failure.error, "delivery failed; will retry");
                         "retried"
+                    }
+                    Step::Hold(delay) => {
+                        tracing::warn!(event_id = %id, template = %failure.template, retry_in = ?delay, error = %failure.error, "held: SMTP is misconfigured; the mail waits without spending its retries");
+                        "held"
                     }
                     Step::Dead(reason) => {
                         tracing::error!(event_id = %id, template = %failure.template, %reason, "dead-lettered");

@@ -63,8 +63,12 @@ impl Application {
         let consumer = Consumer::new(settings.clone(), pipeline);
         let metrics = metrics_handle();
         crate::metrics::describe(&consumer.pipeline.templates, &consumer.connected);
-        let (server, port) =
-            crate::http::serve(&settings.bind, consumer.connected.clone(), metrics)?;
+        let (server, port) = crate::http::serve(
+            &settings.bind,
+            consumer.connected.clone(),
+            consumer.pipeline.outlet.clone(),
+            metrics,
+        )?;
         tracing::info!(port, "health and metrics listening");
         Ok(Self {
             port,

@@ -32,13 +32,33 @@ async fn an_smtps_url_delivers_over_implicit_tls_with_auth() {
     assert_eq!(mails[0]["subject"], "Confirm your e-mail address");
 }
 
+/// The count of `mailer_messages_total{outcome}` summed over templates.
+async fn outcome_count(port: u16, outcome: &str) -> u64 {
+    let Ok(res) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
+        return 0;
+    };
+    let needle = format!("outcome=\"{outcome}\"");
+    res.text()
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("mailer_messages_total{") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_certificate_from_an_untrusted_ca_is_never_accepted() {
+async fn a_rejected_smtp_certificate_is_a_configuration_error_and_the_mail_waits() {
     let env = Env::new();
     let _smtp = env.smtp().await;
     // The system roots only: the test server's private CA is not among them.
-    let _mailer = env
-        .mailer(&[("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")])
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let bad = env
+        .mailer(&[
+            ("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"),
+            ("MAILER_BIND", &bind),
+        ])
         .await;
     let broker = Broker::connect().await;
     let event = verify_event(
@@ -47,22 +67,40 @@ async fn a_certificate_from_an_untrusted_ca_is_never_accepted() {
         "https://acc.example/verify?token=t",
     );
     broker.publish(&env.topology, &event.to_vec()).await;
-    let dead = env.topology.dead_queue();
+
+    // Readiness names the configuration error.
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
     assert!(
         wait_until(Duration::from_secs(20), || async {
-            broker.count(&dead).await == Some(1)
+            match reqwest::get(&readyz).await {
+                Ok(r) if r.status() == 503 => r
+                    .text()
+                    .await
+                    .is_ok_and(|b| b.contains("configuration") && b.contains("certificate")),
+                _ => false,
+            }
         })
         .await,
-        "retried, then dead-lettered"
+        "readiness says the SMTP certificate is rejected"
     );
-    let letters = broker.drain(&dead).await;
-    let reason = header(&letters[0].0, "x-dead-reason").unwrap();
-    assert!(reason.starts_with("retries exhausted"), "{reason}");
+    // The mail is held in the retry queue well past where its ladder (4
+    // attempts here) would have dead-lettered it.
     assert!(
-        reason.to_lowercase().contains("certificate"),
-        "the reason says why: {reason}"
+        wait_until(Duration::from_secs(30), || async {
+            outcome_count(port, "held").await >= 6
+        })
+        .await,
+        "held again and again"
     );
+    assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
     assert!(env.received().is_empty(), "nothing went to that server");
+
+    // Fixed (the right CA): the same mail goes out, once.
+    drop(bad);
+    let _good = env.mailer(&[]).await;
+    let mails = env.wait_for_mail(1, Duration::from_secs(30)).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0]["rcpt_tos"][0], "mitm@example.com");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
