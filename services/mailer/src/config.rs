@@ -110,6 +110,18 @@ pub struct Settings {
         default_value_t = 0
     )]
     send_rate_value: u32,
+    /// Shared idempotency store (PostgreSQL URL, e.g. the account's database): every mailer records each event id accepted by SMTP and checks it before sending, so a mailer killed before its ack leaves fewer duplicates. Unset: each mailer remembers only its own.
+    #[arg(long = "dedupe-url", value_name = "URL", env = "MAILER_DEDUPE_URL", hide_env_values = true, value_parser = dedupe_url)]
+    dedupe_url_value: Option<SecretString>,
+    /// File holding MAILER_DEDUPE_URL.
+    #[arg(long = "dedupe-url-file", env = "MAILER_DEDUPE_URL_FILE")]
+    dedupe_url_file: Option<PathBuf>,
+    /// The resolved dedupe store URL, if any.
+    #[arg(skip)]
+    pub dedupe_url: Option<SecretString>,
+    /// How long the dedupe store keeps an event id (longer than a mail can stay in the queues).
+    #[arg(long, env = "MAILER_DEDUPE_RETENTION", default_value = "7d", value_parser = conf::duration)]
+    pub dedupe_retention: Duration,
     /// How long SIGTERM waits for mail in flight.
     #[arg(long, env = "MAILER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = conf::duration)]
     pub shutdown_timeout: Duration,
@@ -146,6 +158,14 @@ fn smtp_url(s: &str) -> Result<SecretString, String> {
         .ok_or_else(|| "expected smtp://user@host:587?tls=required or smtps://user@host:465".into())
 }
 
+fn dedupe_url(s: &str) -> Result<SecretString, String> {
+    url::Url::parse(s.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "postgres" | "postgresql") && u.path().len() > 1)
+        .map(|_| SecretString::from(s.trim().to_owned()))
+        .ok_or_else(|| "expected postgres://user[:password]@host[:port]/database".into())
+}
+
 fn mailbox(s: &str) -> Result<Mailbox, String> {
     s.trim()
         .parse()
@@ -180,6 +200,15 @@ impl Settings {
         .unwrap_or_else(|| SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"));
         conf::amqp_url(self.amqp_url.expose_secret())
             .map_err(|e| ConfigError::new("MAILER_AMQP_URL", e))?;
+        self.dedupe_url = conf::secret(
+            "MAILER_DEDUPE_URL",
+            self.dedupe_url_value.take(),
+            self.dedupe_url_file.as_deref(),
+        )?;
+        if let Some(url) = &self.dedupe_url {
+            dedupe_url(url.expose_secret())
+                .map_err(|e| ConfigError::new("MAILER_DEDUPE_URL", e))?;
+        }
         let password = conf::secret(
             "MAILER_SMTP_PASSWORD",
             self.smtp_password.take(),
@@ -337,6 +366,8 @@ mod tests {
         assert_eq!(s.send_rate(), None);
         assert_eq!(s.default_locale, "en");
         assert!(s.template_dir.is_none() && !s.log_json);
+        assert!(s.dedupe_url.is_none());
+        assert_eq!(s.dedupe_retention, Duration::from_secs(7 * 86400));
         assert_eq!(
             s.amqp_url.expose_secret(),
             "amqp://guest:guest@127.0.0.1:5672/%2f"
@@ -425,6 +456,8 @@ mod tests {
             ("MAILER_SHUTDOWN_TIMEOUT", "never"),
             ("MAILER_LOG_FORMAT", "xml"),
             ("MAILER_TEMPLATE_DIR", "/nonexistent/templates"),
+            ("MAILER_DEDUPE_URL", "redis://cache:6379"),
+            ("MAILER_DEDUPE_RETENTION", "forever"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{var}={value}: {err}");
@@ -441,7 +474,12 @@ mod tests {
             .collect();
         assert_eq!(
             secrets,
-            ["MAILER_AMQP_URL", "MAILER_SMTP_URL", "MAILER_SMTP_PASSWORD"]
+            [
+                "MAILER_AMQP_URL",
+                "MAILER_SMTP_URL",
+                "MAILER_SMTP_PASSWORD",
+                "MAILER_DEDUPE_URL"
+            ]
         );
         assert!(vars.iter().any(|v| v.name == "MAILER_RETRY_DELAYS"));
         assert!(vars.iter().all(|v| v.name.starts_with("MAILER_")));

@@ -10,7 +10,7 @@ use lettre::message::Mailbox;
 use shared::{Body, MailSend};
 
 use crate::config::Settings;
-use crate::dedupe::Sent;
+use crate::dedupe::{Sent, Store};
 use crate::message::build_message;
 use crate::outlet::{DeliveryError, Outlet};
 use crate::templates::{Rendered, Templates};
@@ -40,6 +40,8 @@ pub struct Pipeline {
     pub templates: Arc<Templates>,
     pub outlet: Outlet,
     pub sent: Arc<Sent>,
+    /// The idempotency store shared by every mailer, if configured.
+    pub store: Option<Arc<Store>>,
     pub from: Mailbox,
     pub limiter: Option<Arc<governor::DefaultDirectRateLimiter>>,
 }
@@ -61,6 +63,10 @@ impl Pipeline {
             templates: Arc::new(templates),
             outlet,
             sent: Arc::new(Sent::new(100_000)),
+            store: settings
+                .dedupe_url
+                .clone()
+                .map(|url| Arc::new(Store::new(url, settings.dedupe_retention))),
             from: settings.from.clone(),
             limiter,
         })
@@ -87,6 +93,12 @@ impl Pipeline {
         };
         if self.sent.contains(&mail.id) {
             tracing::info!(event_id = %mail.id, "already sent by this process; acking the redelivery");
+            return Ok(Handled::Duplicate);
+        }
+        if let Some(store) = &self.store
+            && store.accepted(mail.id).await
+        {
+            tracing::info!(event_id = %mail.id, "already sent by a mailer (dedupe store); acking the redelivery");
             return Ok(Handled::Duplicate);
         }
         let lag = (chrono::Utc::now() - mail.created_at)
@@ -118,6 +130,10 @@ impl Pipeline {
         // for a free connection.
         self.outlet.send(message).await.map_err(fail)?;
         self.sent.insert(mail.id);
+        // Before the ack: from here on, a redelivery to any mailer is known.
+        if let Some(store) = &self.store {
+            store.record(mail.id).await;
+        }
         let domain = mail.to.email.rsplit('@').next().unwrap_or("");
         match (&self.outlet, &mail.body) {
             // A laptop has no inbox: the link in the log is the point.

@@ -560,3 +560,41 @@ async fn without_smtp_mail_goes_to_a_folder_and_health_endpoints_answer() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains(link), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_store_an_event_another_mailer_sent_is_not_sent_again() {
+    let env = Env::new();
+    let store = env.dedupe_database().await;
+    let _smtp = env.smtp().await;
+    let broker = Broker::connect().await;
+    let event = verify_event("once@example.com", "en", "https://acc.example/v");
+
+    let first = env.mailer(&[("MAILER_DEDUPE_URL", &store)]).await;
+    broker.publish(&env.topology, &event.to_vec()).await;
+    assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
+    assert!(first.terminate().await.success());
+
+    // Another mailer (its own memory is empty) gets the same event again, as
+    // after the first one died between the SMTP 250 and its ack.
+    let _second = env.mailer(&[("MAILER_DEDUPE_URL", &store)]).await;
+    broker.publish(&env.topology, &event.to_vec()).await;
+    let queue = env.topology.queue();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            broker.count(&queue).await == Some(0)
+        })
+        .await
+    );
+    let other = verify_event("other@example.com", "en", "https://acc.example/w");
+    broker.publish(&env.topology, &other.to_vec()).await;
+    let mails = env.wait_for_mail(2, Duration::from_secs(20)).await;
+    let to: Vec<&str> = mails
+        .iter()
+        .map(|m| m["rcpt_tos"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        to,
+        ["once@example.com", "other@example.com"],
+        "sent once, then the next one"
+    );
+}
