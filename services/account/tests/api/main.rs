@@ -6,6 +6,7 @@ mod limits;
 mod outage;
 mod outbox;
 mod pages;
+mod properties;
 mod sessions;
 mod signup;
 mod verify;

@@ -2,6 +2,7 @@
 //! (aiosmtpd) that requires STARTTLS and AUTH, like smtp.naver.com:587.
 
 mod helpers;
+mod properties;
 mod transport;
 
 use std::collections::HashSet;
