@@ -160,6 +160,30 @@ impl Consumer {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
                 ("unknown".to_owned(), "duplicate")
             }
+            Ok(Handled::Busy) => {
+                // Another mailer is sending this event: look again after the
+                // first rung, without counting an attempt.
+                let step = routing::hold(0, &self.settings.retry_delays);
+                let error = crate::outlet::DeliveryError {
+                    transient: true,
+                    reason: "another mailer is sending this event".into(),
+                };
+                let topology = &self.settings.topology;
+                match routing::route(topology, publish, &delivery, attempt, &error, &step).await {
+                    Ok(()) => {
+                        let _ = delivery.ack(BasicAckOptions::default()).await;
+                    }
+                    Err(_) => {
+                        let _ = delivery
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await;
+                    }
+                }
+                ("unknown".to_owned(), "deferred")
+            }
             Ok(Handled::Sent { template }) => {
                 if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                     // The mail is out; a redelivery is caught by the sent-ids set.

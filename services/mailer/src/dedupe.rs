@@ -45,12 +45,17 @@ impl Sent {
     }
 }
 
-/// The shared idempotency store (`MAILER_DEDUPE_URL`, PostgreSQL): every
-/// mailer records an event id as accepted right after the SMTP 250 and
-/// checks it before sending. It narrows the window in which a mailer killed
-/// between the 250 and its ack lets another mailer send the mail again, to
-/// the time of one INSERT. Best effort: while the store is unreachable the
-/// mailer sends anyway (a duplicate is better than a delay) and says so.
+/// The shared idempotency store (`MAILER_DEDUPE_URL`, PostgreSQL). Before
+/// sending, a mailer claims the event id; right after the SMTP 250 it marks
+/// it accepted. Another copy of the event (a redelivery after this mailer
+/// died before its ack, or a second copy the outbox relay published after a
+/// lost confirm) then finds it accepted and is acked without a mail, or
+/// finds it claimed by a live sender and waits in a retry queue until that
+/// one is done. A claim older than the lease is taken over: its mailer died
+/// before the 250, and the mail must still go (at least once). What is left
+/// is the moment between the server taking a mail and its 250 reaching the
+/// mailer. Best effort: while the store is unreachable the mailer sends
+/// anyway (a duplicate is better than a delay) and says so.
 pub struct Store {
     url: SecretString,
     retention: Duration,
@@ -64,11 +69,26 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between two connection attempts after a failure.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS mailer_accepted (
+const SCHEMA: &str = "SET client_min_messages = warning;
+CREATE TABLE IF NOT EXISTS mailer_accepted (
     event_id    uuid PRIMARY KEY,
-    accepted_at timestamptz NOT NULL DEFAULT now()
+    -- when a mailer last claimed the event for sending
+    claimed_at  timestamptz NOT NULL DEFAULT now(),
+    -- when the SMTP server accepted it (250); NULL while being sent
+    accepted_at timestamptz
 );
-CREATE INDEX IF NOT EXISTS mailer_accepted_at ON mailer_accepted (accepted_at);";
+CREATE INDEX IF NOT EXISTS mailer_accepted_claimed ON mailer_accepted (claimed_at);";
+
+/// What a claim found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This mailer sends it (also when the store cannot be reached).
+    Mine,
+    /// A mailer already had it accepted by SMTP: do not send again.
+    Accepted,
+    /// Another mailer is sending it right now: ask again later.
+    Busy,
+}
 
 impl Store {
     /// A store at `url`, connected on first use; ids are kept `retention`.
@@ -140,31 +160,70 @@ impl Store {
         Ok(query(&client).await?)
     }
 
-    /// Whether a mailer already recorded `id` as accepted by SMTP.
-    pub async fn accepted(&self, id: Uuid) -> bool {
+    /// Claims `id` for sending, unless a mailer had it accepted or holds a
+    /// claim younger than `lease`.
+    pub async fn claim(&self, id: Uuid, lease: Duration) -> Claim {
         let key = id.to_string();
+        let lease = lease.as_secs_f64();
         let found = tokio::time::timeout(
             STORE_TIMEOUT,
             self.run(async |c| {
-                c.query_opt(
-                    "SELECT 1 FROM mailer_accepted WHERE event_id = $1::text::uuid",
+                let mine = c
+                    .query_opt(
+                        "INSERT INTO mailer_accepted AS a (event_id) VALUES ($1::text::uuid)
+                         ON CONFLICT (event_id) DO UPDATE SET claimed_at = now()
+                         WHERE a.accepted_at IS NULL
+                           AND a.claimed_at < now() - make_interval(secs => $2)
+                         RETURNING 1",
+                        &[&key, &lease],
+                    )
+                    .await?;
+                if mine.is_some() {
+                    return Ok(Claim::Mine);
+                }
+                let accepted = c
+                    .query_opt(
+                        "SELECT 1 FROM mailer_accepted
+                         WHERE event_id = $1::text::uuid AND accepted_at IS NOT NULL",
+                        &[&key],
+                    )
+                    .await?;
+                Ok(if accepted.is_some() {
+                    Claim::Accepted
+                } else {
+                    Claim::Busy
+                })
+            }),
+        )
+        .await;
+        match found {
+            Ok(Ok(claim)) => claim,
+            Ok(Err(e)) => {
+                tracing::warn!(event_id = %id, error = %e, "the dedupe store is unreachable; sending without its check");
+                Claim::Mine
+            }
+            Err(_) => {
+                tracing::warn!(event_id = %id, "the dedupe store did not answer in time; sending without its check");
+                Claim::Mine
+            }
+        }
+    }
+
+    /// Gives a claim up after a failed send, so a retry is not kept waiting.
+    pub async fn release(&self, id: Uuid) {
+        let key = id.to_string();
+        let _ = tokio::time::timeout(
+            STORE_TIMEOUT,
+            self.run(async |c| {
+                c.execute(
+                    "DELETE FROM mailer_accepted
+                     WHERE event_id = $1::text::uuid AND accepted_at IS NULL",
                     &[&key],
                 )
                 .await
             }),
         )
         .await;
-        match found {
-            Ok(Ok(row)) => row.is_some(),
-            Ok(Err(e)) => {
-                tracing::warn!(event_id = %id, error = %e, "the dedupe store is unreachable; sending without its check");
-                false
-            }
-            Err(_) => {
-                tracing::warn!(event_id = %id, "the dedupe store did not answer in time; sending without its check");
-                false
-            }
-        }
     }
 
     /// Records `id` as accepted by SMTP.
@@ -174,8 +233,9 @@ impl Store {
             STORE_TIMEOUT,
             self.run(async |c| {
                 c.execute(
-                    "INSERT INTO mailer_accepted (event_id) VALUES ($1::text::uuid) \
-                     ON CONFLICT DO NOTHING",
+                    "INSERT INTO mailer_accepted (event_id, accepted_at)
+                     VALUES ($1::text::uuid, now())
+                     ON CONFLICT (event_id) DO UPDATE SET accepted_at = now()",
                     &[&key],
                 )
                 .await
@@ -192,7 +252,7 @@ impl Store {
         let keep = self.retention.as_secs_f64();
         self.run(async |c| {
             c.execute(
-                "DELETE FROM mailer_accepted WHERE accepted_at < now() - make_interval(secs => $1)",
+                "DELETE FROM mailer_accepted WHERE claimed_at < now() - make_interval(secs => $1)",
                 &[&keep],
             )
             .await

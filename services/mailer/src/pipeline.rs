@@ -10,7 +10,7 @@ use lettre::message::Mailbox;
 use shared::{Body, MailSend};
 
 use crate::config::Settings;
-use crate::dedupe::{Sent, Store};
+use crate::dedupe::{Claim, Sent, Store};
 use crate::message::build_message;
 use crate::outlet::{DeliveryError, Outlet};
 use crate::templates::{Rendered, Templates};
@@ -20,8 +20,12 @@ use crate::templates::{Rendered, Templates};
 pub enum Handled {
     /// The outlet accepted the mail.
     Sent { template: String },
-    /// This process already sent this event id; nothing was sent again.
+    /// This process (or, with the dedupe store, any mailer) already sent
+    /// this event id; nothing was sent again.
     Duplicate,
+    /// Another mailer is sending this event id right now (dedupe store):
+    /// nothing was sent; it is to be looked at again later.
+    Busy,
 }
 
 /// An event that was not delivered, and why.
@@ -42,6 +46,9 @@ pub struct Pipeline {
     pub sent: Arc<Sent>,
     /// The idempotency store shared by every mailer, if configured.
     pub store: Option<Arc<Store>>,
+    /// How long a claim in the store keeps other mailers off an event: a
+    /// whole SMTP exchange and then some; an older claim's mailer died.
+    pub claim_lease: std::time::Duration,
     pub from: Mailbox,
     pub limiter: Option<Arc<governor::DefaultDirectRateLimiter>>,
 }
@@ -67,6 +74,7 @@ impl Pipeline {
                 .dedupe_url
                 .clone()
                 .map(|url| Arc::new(Store::new(url, settings.dedupe_retention))),
+            claim_lease: settings.smtp_timeout + std::time::Duration::from_secs(30),
             from: settings.from.clone(),
             limiter,
         })
@@ -95,12 +103,6 @@ impl Pipeline {
             tracing::info!(event_id = %mail.id, "already sent by this process; acking the redelivery");
             return Ok(Handled::Duplicate);
         }
-        if let Some(store) = &self.store
-            && store.accepted(mail.id).await
-        {
-            tracing::info!(event_id = %mail.id, "already sent by a mailer (dedupe store); acking the redelivery");
-            return Ok(Handled::Duplicate);
-        }
         let lag = (chrono::Utc::now() - mail.created_at)
             .to_std()
             .unwrap_or_default();
@@ -125,10 +127,25 @@ impl Pipeline {
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
+        if let Some(store) = &self.store {
+            match store.claim(mail.id, self.claim_lease).await {
+                Claim::Mine => {}
+                Claim::Accepted => {
+                    tracing::info!(event_id = %mail.id, "already sent by a mailer (dedupe store); acking the redelivery");
+                    return Ok(Handled::Duplicate);
+                }
+                Claim::Busy => return Ok(Handled::Busy),
+            }
+        }
         let started = Instant::now();
         // The outlet records mailer_smtp_seconds itself, without the wait
         // for a free connection.
-        self.outlet.send(message).await.map_err(fail)?;
+        if let Err(e) = self.outlet.send(message).await {
+            if let Some(store) = &self.store {
+                store.release(mail.id).await;
+            }
+            return Err(fail(e));
+        }
         self.sent.insert(mail.id);
         // Before the ack: from here on, a redelivery to any mailer is known.
         if let Some(store) = &self.store {

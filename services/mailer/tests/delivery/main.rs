@@ -599,3 +599,55 @@ async fn with_a_shared_store_an_event_another_mailer_sent_is_not_sent_again() {
         "sent once, then the next one"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_store_two_copies_in_flight_at_once_make_one_mail() {
+    let env = Env::new();
+    let store = env.dedupe_database().await;
+    let _smtp = env.smtp().await;
+    let ports = [free_port(), free_port()];
+    let mut mailers = Vec::new();
+    for port in ports {
+        let bind = format!("127.0.0.1:{port}");
+        let vars = [
+            ("MAILER_DEDUPE_URL", store.as_str()),
+            ("MAILER_BIND", &bind),
+        ];
+        mailers.push(env.mailer(&vars).await);
+    }
+    let broker = Broker::connect().await;
+    // The server takes this mail at once but answers 250 only 4 s later, so
+    // the second copy (as the outbox relay publishes after a lost confirm)
+    // arrives while the first is being sent.
+    let event = verify_event("twice@slow.test", "en", "https://acc.example/v");
+    broker.publish(&env.topology, &event.to_vec()).await;
+    broker.publish(&env.topology, &event.to_vec()).await;
+    let duplicates = || async {
+        let mut n = 0;
+        for port in ports {
+            let Ok(res) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
+                continue;
+            };
+            n += res
+                .text()
+                .await
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("mailer_messages_total{") && l.contains("outcome=\"duplicate\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64;
+        }
+        n
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            duplicates().await >= 1
+        })
+        .await,
+        "the second copy was acked as a duplicate"
+    );
+    assert_eq!(env.received().len(), 1, "one mail for two copies");
+    assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
+}
