@@ -74,7 +74,7 @@ impl Pipeline {
                 .dedupe_url
                 .clone()
                 .map(|url| Arc::new(Store::new(url, settings.dedupe_retention))),
-            claim_lease: settings.smtp_timeout + std::time::Duration::from_secs(30),
+            claim_lease: settings.smtp_timeout + std::time::Duration::from_secs(10),
             from: settings.from.clone(),
             limiter,
         })

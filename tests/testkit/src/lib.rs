@@ -14,6 +14,9 @@ use shared::Topology;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod fleet;
+pub mod instances;
+
 /// The machine's RabbitMQ.
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The machine's PostgreSQL, without a database name.
@@ -140,6 +143,8 @@ pub async fn start_smtp(
     flags: &[&str],
 ) -> Child {
     let mut child = Command::new(python())
+        // aiosmtpd warns about its own deprecated attribute on every AUTH.
+        .env("PYTHONWARNINGS", "ignore::DeprecationWarning")
         .arg(root().join("tests/support/smtpd.py"))
         .args(["--port", &port.to_string(), "--user", user])
         .args(["--password", password])
