@@ -77,6 +77,20 @@ pub fn variables<T: CommandFactory>() -> Vec<Variable> {
         .collect()
 }
 
+/// Variables picked from the ones `T` reads (not the `_FILE` twins, which
+/// name files) by index, modulo their count, with the given values: what a
+/// property test of a settings parser feeds it.
+pub fn picked_variables<T: CommandFactory>(
+    picks: impl IntoIterator<Item = (usize, String)>,
+) -> (Vec<String>, HashMap<String, String>) {
+    let names: Vec<String> = variables::<T>().into_iter().map(|v| v.name).collect();
+    let vars = picks
+        .into_iter()
+        .map(|(i, v)| (names[i % names.len()].clone(), v))
+        .collect();
+    (names, vars)
+}
+
 /// Parses the process's arguments and environment into `T`. An empty
 /// variable counts as unset, so the default applies.
 pub fn parse_process<T: CommandFactory + FromArgMatches>() -> Parsed<T> {

@@ -22,6 +22,7 @@ const SIGNUPS: usize = 400;
 const SMTP_USER: &str = "no-reply@naver.test";
 const SMTP_PASSWORD: &str = "cluster-app-password";
 const PREFIX: &str = "cluster";
+const LADDER: &str = "1s,2s,3s,5s,8s,13s,20s,30s";
 
 struct Folder(PathBuf);
 
@@ -29,13 +30,6 @@ impl Drop for Folder {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect()
 }
 
 async fn wait_ready(urls: &[String]) -> bool {
@@ -72,29 +66,20 @@ async fn two_accounts_and_two_mailers_ride_out_a_node_crash_on_a_three_node_clus
     let mailer_ports = [free_port(), free_port()];
     let mut mailers = Vec::new();
     for (i, first_node) in [(0, 0), (1, 1)] {
-        let e = env(&[
+        let server = fleet::MailServer {
+            port: smtp_port,
+            user: SMTP_USER,
+            password: SMTP_PASSWORD,
+            pki: &dir.join("pki"),
+        };
+        let mut e = fleet::mailer_env(&rabbit.urls_from(first_node), PREFIX, &server, LADDER);
+        for (k, v) in [
             ("MAILER_BIND", format!("127.0.0.1:{}", mailer_ports[i])),
-            ("MAILER_AMQP_URL", rabbit.urls_from(first_node)),
-            ("MAILER_AMQP_PREFIX", PREFIX.into()),
             ("MAILER_QUEUE_TYPE", "quorum".into()),
             ("MAILER_DEDUPE_URL", pg.url("accounts")),
-            (
-                "MAILER_SMTP_URL",
-                format!(
-                    "smtp://{}@127.0.0.1:{smtp_port}?tls=required",
-                    SMTP_USER.replace('@', "%40")
-                ),
-            ),
-            ("MAILER_SMTP_PASSWORD", SMTP_PASSWORD.into()),
-            ("MAILER_FROM", format!("Account <{SMTP_USER}>")),
-            ("MAILER_RETRY_DELAYS", "1s,2s,3s,5s,8s,13s,20s,30s".into()),
-            ("MAILER_SMTP_TIMEOUT", "5s".into()),
-            ("MAILER_LOG_FORMAT", "json".into()),
-            (
-                "SSL_CERT_FILE",
-                dir.join("pki/ca.pem").display().to_string(),
-            ),
-        ]);
+        ] {
+            e.push((k.into(), v));
+        }
         mailers.push(Proc::spawn(
             &testkit::service_binary("mailer"),
             &format!("mailer-{i}"),
@@ -107,33 +92,21 @@ async fn two_accounts_and_two_mailers_ride_out_a_node_crash_on_a_three_node_clus
     }
 
     // Two account instances on one database, each starting with another node.
-    let keys = std::process::Command::new(testkit::service_binary("account"))
-        .arg("keygen")
-        .output()
-        .unwrap();
-    let keys = String::from_utf8(keys.stdout).unwrap().trim().to_owned();
+    let keys = fleet::token_keys();
     let mut accounts = Vec::new();
     let mut account_urls = Vec::new();
     for (i, first_node) in [(0, 0), (1, 2)] {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let e = env(&[
-            ("ACCOUNT_BIND", format!("127.0.0.1:{port}")),
-            ("ACCOUNT_ADMIN_BIND", "127.0.0.1:0".into()),
-            // One public site: a link from either instance works on both.
-            ("ACCOUNT_PUBLIC_URL", "https://account.example".into()),
-            ("ACCOUNT_DATABASE_URL", pg.url("accounts")),
-            ("ACCOUNT_AMQP_URL", rabbit.urls_from(first_node)),
-            ("ACCOUNT_AMQP_PREFIX", PREFIX.into()),
-            ("ACCOUNT_TOKEN_KEYS", keys.clone()),
-            ("ACCOUNT_COOKIE_SECURE", "false".into()),
-            ("ACCOUNT_RATE_LIMITS", "off".into()),
-            ("ACCOUNT_ARGON2_MEMORY_KIB", "1024".into()),
-            ("ACCOUNT_ARGON2_ITERATIONS", "1".into()),
-            ("ACCOUNT_OUTBOX_SWEEP_INTERVAL", "1s".into()),
-            ("ACCOUNT_WORKERS", "2".into()),
-            ("ACCOUNT_LOG_FORMAT", "json".into()),
-        ]);
+        // One public site: a link from either instance works on both.
+        let e = fleet::account_env(
+            port,
+            "https://account.example",
+            &pg.url("accounts"),
+            &rabbit.urls_from(first_node),
+            PREFIX,
+            &keys,
+        );
         accounts.push(Proc::spawn(
             &testkit::service_binary("account"),
             &format!("account-{i}"),

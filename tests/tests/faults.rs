@@ -116,13 +116,6 @@ impl Drop for Rig {
     }
 }
 
-fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect()
-}
-
 impl Rig {
     async fn start() -> Self {
         let dir = std::env::temp_dir().join(format!("faults-{}", uuid::Uuid::new_v4().simple()));
@@ -133,26 +126,13 @@ impl Rig {
         let smtp_port = free_port();
         let smtp = Some(Self::smtp(&dir, smtp_port, &[]).await);
 
-        let mailer_env = env(&[
-            ("MAILER_AMQP_URL", rabbit.urls_from(0)),
-            ("MAILER_AMQP_PREFIX", PREFIX.to_owned()),
-            (
-                "MAILER_SMTP_URL",
-                format!(
-                    "smtp://{}@127.0.0.1:{smtp_port}?tls=required",
-                    SMTP_USER.replace('@', "%40")
-                ),
-            ),
-            ("MAILER_SMTP_PASSWORD", SMTP_PASSWORD.to_owned()),
-            ("MAILER_FROM", format!("Account <{SMTP_USER}>")),
-            ("MAILER_RETRY_DELAYS", LADDER.to_owned()),
-            ("MAILER_SMTP_TIMEOUT", "5s".to_owned()),
-            ("MAILER_LOG_FORMAT", "json".to_owned()),
-            (
-                "SSL_CERT_FILE",
-                dir.join("pki/ca.pem").display().to_string(),
-            ),
-        ]);
+        let server = fleet::MailServer {
+            port: smtp_port,
+            user: SMTP_USER,
+            password: SMTP_PASSWORD,
+            pki: &dir.join("pki"),
+        };
+        let mailer_env = fleet::mailer_env(&rabbit.urls_from(0), PREFIX, &server, LADDER);
         let mailer_ports = vec![free_port(), free_port()];
         let mailers = mailer_ports
             .iter()
@@ -169,35 +149,20 @@ impl Rig {
             })
             .collect();
 
-        let keys = std::process::Command::new(testkit::service_binary("account"))
-            .arg("keygen")
-            .output()
-            .unwrap();
         let port = free_port();
         let account_url = format!("http://127.0.0.1:{port}");
+        let account_env = fleet::account_env(
+            port,
+            &account_url,
+            &pg.url("accounts"),
+            &rabbit.urls_from(0),
+            PREFIX,
+            &fleet::token_keys(),
+        );
         let account = Proc::spawn(
             &testkit::service_binary("account"),
             "account",
-            env(&[
-                ("ACCOUNT_BIND", format!("127.0.0.1:{port}")),
-                ("ACCOUNT_ADMIN_BIND", "127.0.0.1:0".into()),
-                ("ACCOUNT_PUBLIC_URL", account_url.clone()),
-                ("ACCOUNT_DATABASE_URL", pg.url("accounts")),
-                ("ACCOUNT_AMQP_URL", rabbit.urls_from(0)),
-                ("ACCOUNT_AMQP_PREFIX", PREFIX.into()),
-                (
-                    "ACCOUNT_TOKEN_KEYS",
-                    String::from_utf8(keys.stdout).unwrap().trim().into(),
-                ),
-                ("ACCOUNT_COOKIE_SECURE", "false".into()),
-                ("ACCOUNT_RATE_LIMITS", "off".into()),
-                // The suite tests loss, not speed: a cheap hash.
-                ("ACCOUNT_ARGON2_MEMORY_KIB", "1024".into()),
-                ("ACCOUNT_ARGON2_ITERATIONS", "1".into()),
-                ("ACCOUNT_OUTBOX_SWEEP_INTERVAL", "1s".into()),
-                ("ACCOUNT_WORKERS", "2".into()),
-                ("ACCOUNT_LOG_FORMAT", "json".into()),
-            ]),
+            account_env,
             &dir.join("logs"),
         );
         let rig = Self {
@@ -446,23 +411,7 @@ impl Rig {
 
     /// Messages ready in a queue of the private broker.
     async fn ready_in(&self, queue: &str) -> Option<u32> {
-        let conn = lapin::Connection::connect(&self.rabbit.url_of(0), Default::default())
-            .await
-            .ok()?;
-        let ch = conn.create_channel().await.ok()?;
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .ok()?;
-        let _ = conn.close(200, "".into()).await;
-        Some(q.message_count())
+        fleet::ready_in(&self.rabbit.url_of(0), queue).await
     }
 }
 

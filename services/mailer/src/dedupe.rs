@@ -211,40 +211,26 @@ impl Store {
 
     /// Gives a claim up after a failed send, so a retry is not kept waiting.
     pub async fn release(&self, id: Uuid) {
-        let key = id.to_string();
-        let _ = tokio::time::timeout(
-            STORE_TIMEOUT,
-            self.run(async |c| {
-                c.execute(
-                    "DELETE FROM mailer_accepted
-                     WHERE event_id = $1::text::uuid AND accepted_at IS NULL",
-                    &[&key],
-                )
-                .await
-            }),
-        )
-        .await;
+        let sql = "DELETE FROM mailer_accepted
+                   WHERE event_id = $1::text::uuid AND accepted_at IS NULL";
+        let _ = self.execute(sql, id).await;
     }
 
     /// Records `id` as accepted by SMTP.
     pub async fn record(&self, id: Uuid) {
-        let key = id.to_string();
-        let done = tokio::time::timeout(
-            STORE_TIMEOUT,
-            self.run(async |c| {
-                c.execute(
-                    "INSERT INTO mailer_accepted (event_id, accepted_at)
-                     VALUES ($1::text::uuid, now())
-                     ON CONFLICT (event_id) DO UPDATE SET accepted_at = now()",
-                    &[&key],
-                )
-                .await
-            }),
-        )
-        .await;
-        if !matches!(done, Ok(Ok(_))) {
+        let sql = "INSERT INTO mailer_accepted (event_id, accepted_at)
+                   VALUES ($1::text::uuid, now())
+                   ON CONFLICT (event_id) DO UPDATE SET accepted_at = now()";
+        if !self.execute(sql, id).await {
             tracing::warn!(event_id = %id, "could not record the sent mail in the dedupe store; a redelivery to another mailer would send it again");
         }
+    }
+
+    /// Runs one statement about `id`, within the store's time bound.
+    async fn execute(&self, sql: &str, id: Uuid) -> bool {
+        let key = id.to_string();
+        let run = self.run(async |c| c.execute(sql, &[&key]).await);
+        matches!(tokio::time::timeout(STORE_TIMEOUT, run).await, Ok(Ok(_)))
     }
 
     /// Deletes ids older than the retention; returns how many.

@@ -274,3 +274,102 @@ pub async fn metric(url: &str, name: &str, labels: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The test SMTP server the suites' mailers send to (STARTTLS + AUTH).
+pub struct MailServer<'a> {
+    pub port: u16,
+    pub user: &'a str,
+    pub password: &'a str,
+    /// The folder of its private CA (`ca.pem`), which the mailer trusts.
+    pub pki: &'a Path,
+}
+
+/// A mailer's environment in the suites: `amqp` (one URL or a list),
+/// `prefix`, `server`, the retry `ladder`, JSON logs. Callers add
+/// `MAILER_BIND` and what their scenario needs.
+pub fn mailer_env(
+    amqp: &str,
+    prefix: &str,
+    server: &MailServer,
+    ladder: &str,
+) -> Vec<(String, String)> {
+    let url = format!(
+        "smtp://{}@127.0.0.1:{}?tls=required",
+        server.user.replace('@', "%40"),
+        server.port
+    );
+    vec![
+        ("MAILER_AMQP_URL".into(), amqp.into()),
+        ("MAILER_AMQP_PREFIX".into(), prefix.into()),
+        ("MAILER_SMTP_URL".into(), url),
+        ("MAILER_SMTP_PASSWORD".into(), server.password.into()),
+        ("MAILER_FROM".into(), format!("Account <{}>", server.user)),
+        ("MAILER_RETRY_DELAYS".into(), ladder.into()),
+        ("MAILER_SMTP_TIMEOUT".into(), "5s".into()),
+        ("MAILER_LOG_FORMAT".into(), "json".into()),
+        (
+            "SSL_CERT_FILE".into(),
+            server.pki.join("ca.pem").display().to_string(),
+        ),
+    ]
+}
+
+/// An account instance's environment in the suites: listening on `port`,
+/// links to `public_url`, the database `db_url`, broker `amqp` (one URL or a
+/// list), `prefix`, the key ring `keys`; limits off, a cheap hash (the
+/// suites test loss, not speed), JSON logs.
+pub fn account_env(
+    port: u16,
+    public_url: &str,
+    db_url: &str,
+    amqp: &str,
+    prefix: &str,
+    keys: &str,
+) -> Vec<(String, String)> {
+    [
+        ("ACCOUNT_BIND", format!("127.0.0.1:{port}")),
+        ("ACCOUNT_ADMIN_BIND", "127.0.0.1:0".into()),
+        ("ACCOUNT_PUBLIC_URL", public_url.into()),
+        ("ACCOUNT_DATABASE_URL", db_url.into()),
+        ("ACCOUNT_AMQP_URL", amqp.into()),
+        ("ACCOUNT_AMQP_PREFIX", prefix.into()),
+        ("ACCOUNT_TOKEN_KEYS", keys.into()),
+        ("ACCOUNT_COOKIE_SECURE", "false".into()),
+        ("ACCOUNT_RATE_LIMITS", "off".into()),
+        ("ACCOUNT_ARGON2_MEMORY_KIB", "1024".into()),
+        ("ACCOUNT_ARGON2_ITERATIONS", "1".into()),
+        ("ACCOUNT_OUTBOX_SWEEP_INTERVAL", "1s".into()),
+        ("ACCOUNT_WORKERS", "2".into()),
+        ("ACCOUNT_LOG_FORMAT", "json".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A fresh key ring entry from `account keygen`.
+pub fn token_keys() -> String {
+    let out = std::process::Command::new(crate::service_binary("account"))
+        .arg("keygen")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Messages ready in `queue` at the broker `amqp`, or None if unreachable.
+pub async fn ready_in(amqp: &str, queue: &str) -> Option<u32> {
+    let conn = lapin::Connection::connect(amqp, Default::default())
+        .await
+        .ok()?;
+    let ch = conn.create_channel().await.ok()?;
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare(queue.into(), passive, Default::default())
+        .await
+        .ok()?;
+    let _ = conn.close(200, "".into()).await;
+    Some(q.message_count())
+}

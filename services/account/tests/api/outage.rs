@@ -65,34 +65,29 @@ async fn answer_when_its_connection_is_dropped(
     res
 }
 
+/// A JSON post of `body` to `path`, to run while the test holds the lock.
+fn post(
+    app: &TestApp,
+    path: &str,
+    body: serde_json::Value,
+) -> impl Future<Output = reqwest::Response> + Send + 'static {
+    let (client, url) = (app.client.clone(), app.url(path));
+    async move { client.post(url).json(&body).send().await.unwrap() }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_dropped_mid_request_answers_503_with_retry_after() {
     let app = spawn_app().await;
+    let credentials = json!({"email": "drop@example.com", "password": "password-123"});
     // Sign-up: the drop lands inside its transaction.
-    let (client, url) = (app.client.clone(), app.url("/api/v1/signup"));
-    let signup = async move {
-        client
-            .post(url)
-            .json(&json!({"email": "drop@example.com", "password": "password-123"}))
-            .send()
-            .await
-            .unwrap()
-    };
+    let signup = post(&app, "/api/v1/signup", credentials.clone());
     let res = answer_when_its_connection_is_dropped(&app, signup).await;
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["retry-after"], "5");
     assert_eq!(res.headers()["content-type"], "application/problem+json");
 
     // Login: the drop lands on a lone query.
-    let (client, url) = (app.client.clone(), app.url("/api/v1/login"));
-    let login = async move {
-        client
-            .post(url)
-            .json(&json!({"email": "drop@example.com", "password": "password-123"}))
-            .send()
-            .await
-            .unwrap()
-    };
+    let login = post(&app, "/api/v1/login", credentials);
     let res = answer_when_its_connection_is_dropped(&app, login).await;
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["retry-after"], "5");

@@ -4,8 +4,6 @@
 //! never answers 5xx, and never opens as a token unless a key of the ring
 //! sealed it.
 
-use std::collections::HashMap;
-
 use account::config::Settings;
 use account::token::{Claims, KeyRing, TokenError, VERIFY_EMAIL, generate_key_spec};
 use base64::Engine;
@@ -138,27 +136,14 @@ proptest! {
     }
 }
 
-/// Every variable the service reads (the `_FILE` twins aside: those name
-/// files, which the test must not read at random).
-fn variable_names() -> Vec<String> {
-    shared::config::variables::<account::config::Cli>()
-        .into_iter()
-        .map(|v| v.name)
-        .collect()
-}
-
 proptest! {
     #![proptest_config(config(3000))]
 
     #[test]
     fn arbitrary_configuration_never_panics_and_errors_name_a_variable(
-        picks in prop::collection::vec((any::<prop::sample::Index>(), ".{0,40}"), 1..4),
+        picks in prop::collection::vec((any::<usize>(), ".{0,40}"), 1..4),
     ) {
-        let names = variable_names();
-        let vars: HashMap<String, String> = picks
-            .into_iter()
-            .map(|(i, v)| (i.get(&names).clone(), v))
-            .collect();
+        let (names, vars) = shared::config::picked_variables::<account::config::Cli>(picks);
         if let Err(e) = Settings::from_vars(vars) {
             prop_assert!(names.contains(&e.var), "{e}");
         }

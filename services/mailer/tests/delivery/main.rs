@@ -625,19 +625,7 @@ async fn with_a_shared_store_two_copies_in_flight_at_once_make_one_mail() {
     let duplicates = || async {
         let mut n = 0;
         for port in ports {
-            let Ok(res) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
-                continue;
-            };
-            n += res
-                .text()
-                .await
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| {
-                    l.starts_with("mailer_messages_total{") && l.contains("outcome=\"duplicate\"")
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64;
+            n += transport::outcome_count(port, "duplicate").await;
         }
         n
     };

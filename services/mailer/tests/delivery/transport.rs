@@ -33,18 +33,10 @@ async fn an_smtps_url_delivers_over_implicit_tls_with_auth() {
 }
 
 /// The count of `mailer_messages_total{outcome}` summed over templates.
-async fn outcome_count(port: u16, outcome: &str) -> u64 {
-    let Ok(res) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
-        return 0;
-    };
-    let needle = format!("outcome=\"{outcome}\"");
-    res.text()
-        .await
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("mailer_messages_total{") && l.contains(&needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+pub async fn outcome_count(port: u16, outcome: &str) -> u64 {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let labels = format!("outcome=\"{outcome}\"");
+    testkit::fleet::metric(&url, "mailer_messages_total", &labels).await as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
