@@ -143,8 +143,6 @@ pub async fn start_smtp(
     flags: &[&str],
 ) -> Child {
     let mut child = Command::new(python())
-        // aiosmtpd warns about its own deprecated attribute on every AUTH.
-        .env("PYTHONWARNINGS", "ignore::DeprecationWarning")
         .arg(root().join("tests/support/smtpd.py"))
         .args(["--port", &port.to_string(), "--user", user])
         .args(["--password", password])
