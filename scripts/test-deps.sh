@@ -31,6 +31,16 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv/requirements.i
 fi
 export TEST_PYTHON="$venv/bin/python"
 
+# The fault and cluster suites start private PostgreSQL and RabbitMQ
+# instances from the installed binaries (initdb/postgres, rabbitmq-server,
+# rabbitmqctl, epmd); our machines have them, a bare Debian gets them here.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  apt_install postgresql
+fi
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || ! command -v epmd >/dev/null; then
+  apt_install rabbitmq-server
+fi
+
 # Debian's chromium and playwright-core for the end-to-end browser tests.
 if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi nanum; then
   apt_install chromium fonts-nanum

@@ -77,6 +77,20 @@ pub fn variables<T: CommandFactory>() -> Vec<Variable> {
         .collect()
 }
 
+/// Variables picked from the ones `T` reads (not the `_FILE` twins, which
+/// name files) by index, modulo their count, with the given values: what a
+/// property test of a settings parser feeds it.
+pub fn picked_variables<T: CommandFactory>(
+    picks: impl IntoIterator<Item = (usize, String)>,
+) -> (Vec<String>, HashMap<String, String>) {
+    let names: Vec<String> = variables::<T>().into_iter().map(|v| v.name).collect();
+    let vars = picks
+        .into_iter()
+        .map(|(i, v)| (names[i % names.len()].clone(), v))
+        .collect();
+    (names, vars)
+}
+
 /// Parses the process's arguments and environment into `T`. An empty
 /// variable counts as unset, so the default applies.
 pub fn parse_process<T: CommandFactory + FromArgMatches>() -> Parsed<T> {
@@ -288,14 +302,27 @@ pub fn log_json(s: &str) -> Result<bool, String> {
     }
 }
 
-/// Value parser: an AMQP URL (`amqp://` or `amqps://`).
+/// Value parser: an AMQP URL (`amqp://` or `amqps://`), or a comma-separated
+/// list of them (a cluster's nodes, tried in turn: [`crate::amqp::Nodes`]).
+/// The error never repeats a URL: it may hold a password.
 pub fn amqp_url(s: &str) -> Result<SecretString, String> {
-    let s = s.trim();
-    if s.starts_with("amqp://") || s.starts_with("amqps://") {
-        Ok(SecretString::from(s.trim().to_owned()))
-    } else {
-        Err("expected an amqp:// or amqps:// URL".into())
+    let urls: Vec<&str> = crate::amqp::split(s).collect();
+    if urls.is_empty() {
+        return Err(
+            "expected an amqp:// or amqps:// URL, or a comma-separated list of them".into(),
+        );
     }
+    for (i, url) in urls.iter().enumerate() {
+        let scheme_ok = url.starts_with("amqp://") || url.starts_with("amqps://");
+        if !scheme_ok || url.parse::<lapin::uri::AMQPUri>().is_err() {
+            return Err(format!(
+                "entry {} of {} is not an amqp:// or amqps:// URL",
+                i + 1,
+                urls.len()
+            ));
+        }
+    }
+    Ok(SecretString::from(urls.join(",")))
 }
 
 /// Value parser: a broker name prefix (see [`crate::Topology::new`]).
@@ -399,6 +426,17 @@ mod tests {
         assert!(durations("5s,soon").is_err());
         assert!(amqp_url("amqps://b").is_ok());
         assert!(amqp_url("http://b").is_err());
+        let list = amqp_url(" amqp://u:p@a:5672/%2f , amqp://u:p@b:5672/%2f,").unwrap();
+        assert_eq!(
+            list.expose_secret(),
+            "amqp://u:p@a:5672/%2f,amqp://u:p@b:5672/%2f"
+        );
+        let err = amqp_url("amqp://u:secret@a,http://u:secret@b").unwrap_err();
+        assert!(
+            err.contains("entry 2 of 2") && !err.contains("secret"),
+            "{err}"
+        );
+        assert!(amqp_url(" , ").is_err());
         assert!(log_json("json").unwrap() && !log_json("text").unwrap());
         assert!(log_json("xml").is_err());
     }

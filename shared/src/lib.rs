@@ -2,6 +2,7 @@
 //! publisher of mail: the `mail.send` v1 envelope, the broker topology and the
 //! configuration conventions both services follow.
 
+pub mod amqp;
 pub mod config;
 pub mod envelope;
 pub mod telemetry;

@@ -5,8 +5,18 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global tracing subscriber. `json` selects JSON lines; the
 /// filter comes from `RUST_LOG`, or `default_filter` when that is unset.
 pub fn init(json: bool, default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(default_filter))
+    let from_env = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // lapin logs every lost connection at ERROR, once per layer (I/O loop,
+    // connection, channels), so a routine broker restart fired alerts keyed
+    // on ERROR. Our code sees the same error through lapin's API and logs it
+    // once, as a warning saying what happens next. `RUST_LOG=lapin=...`
+    // still shows lapin's own lines.
+    if !from_env.contains("lapin") {
+        filter = filter.add_directive("lapin=off".parse().expect("static directive"));
+    }
+    let filter = filter
         // lapin logs a returned message with its whole body, which may hold a
         // verification link; our own code logs the event id instead.
         .add_directive(

@@ -17,13 +17,16 @@ and the most SMTP sessions that were open at once so far).
 Recipients at reject.test get 550, at tempfail.test 451, and at stall.test
 no answer at all (the server hangs that session), at hangup.test the
 connection is cut instead of an answer; mail to slow.test is
-recorded at once but its 250 comes 4 s later. Prints
+recorded at once but its 250 comes 4 s later. --tempfail answers 451 to
+every recipient (a server that is up but refusing for now). A restarted
+server numbers on after the files already in OUT. Prints
 "READY <port>" once listening.
 """
 import argparse
 import asyncio
 import itertools
 import json
+import logging
 import os
 import signal
 import ssl
@@ -75,12 +78,17 @@ def pki(directory):
 
 
 class Recorder:
-    def __init__(self, out):
+    def __init__(self, out, tempfail=False):
         self.out = out
-        self.counter = itertools.count(1)
+        self.tempfail = tempfail
         os.makedirs(out, exist_ok=True)
+        # A restarted server keeps numbering after what is already there.
+        taken = [int(n.split(".")[0]) for n in os.listdir(out) if n.endswith(".json")]
+        self.counter = itertools.count(max(taken, default=0) + 1)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.tempfail:
+            return "451 4.3.0 Temporary failure, try again later"
         domain = address.rsplit("@", 1)[-1].lower()
         if domain == "reject.test":
             return "550 5.1.1 Recipient address rejected: mailbox unavailable"
@@ -140,8 +148,12 @@ def main():
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
     p.add_argument("--implicit-tls", action="store_true")
+    p.add_argument("--tempfail", action="store_true", help="answer 451 to every recipient")
     p.add_argument("--idle-timeout", type=float, default=300, help="seconds before an idle session is closed")
     a = p.parse_args()
+    # aiosmtpd logs a deprecation of its own attribute on every AUTH; keep
+    # its errors, drop the noise from every test's output.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
 
     def authenticator(server, session, envelope, mechanism, auth_data):
         ok = (
@@ -162,7 +174,7 @@ def main():
     else:
         tls = dict(tls_context=ctx, require_starttls=True, auth_require_tls=True)
     controller = CountingController(
-        Recorder(a.dir),
+        Recorder(a.dir, tempfail=a.tempfail),
         hostname="127.0.0.1",
         port=a.port,
         auth_required=True,

@@ -72,6 +72,9 @@ pub enum AccountError {
 
 impl From<diesel::result::Error> for AccountError {
     fn from(e: diesel::result::Error) -> Self {
+        if crate::db::is_unavailable(&e) {
+            return Self::Unavailable(e.into());
+        }
         Self::Internal(e.into())
     }
 }

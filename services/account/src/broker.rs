@@ -1,10 +1,15 @@
 //! The AMQP side of the outbox relay: one connection, one confirm channel,
-//! re-established with backoff by the relay when it breaks.
+//! re-established with backoff by the relay when it breaks. `ACCOUNT_AMQP_URL`
+//! may list a cluster's nodes: a reconnect starts with the node after the
+//! lost one. Confirms in flight on a lost connection fail the batch, whose
+//! rows stay unpublished and go out again through the next node (the mailer
+//! drops the duplicate by its event id).
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use shared::Topology;
+use shared::amqp::Nodes;
 use tokio::sync::Mutex;
 
 /// One message to publish.
@@ -25,17 +30,18 @@ pub enum Published {
 
 /// Publishes to `<prefix>.mail` with confirms and `mandatory`.
 pub struct Publisher {
-    url: SecretString,
+    nodes: Nodes,
     topology: Topology,
     state: Mutex<Option<(Connection, Channel)>>,
     connected: std::sync::atomic::AtomicBool,
 }
 
 impl Publisher {
-    /// A publisher that connects on first use.
-    pub fn new(url: SecretString, topology: Topology) -> Self {
+    /// A publisher that connects on first use, to a node of `urls` (one
+    /// AMQP URL or a comma-separated list).
+    pub fn new(urls: SecretString, topology: Topology) -> Self {
         Self {
-            url,
+            nodes: Nodes::new(&urls),
             topology,
             state: Mutex::new(None),
             connected: false.into(),
@@ -47,10 +53,12 @@ impl Publisher {
         self.connected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn connect(&self) -> Result<(Connection, Channel), lapin::Error> {
+    async fn connect(&self) -> Result<(Connection, Channel), anyhow::Error> {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("account@{}", std::process::id()).into());
-        let conn = Connection::connect(self.url.expose_secret(), props).await?;
+        let connected = self.nodes.connect(props).await?;
+        tracing::info!(node = %connected.node, "publishing to the broker");
+        let conn = connected.connection;
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -60,7 +68,7 @@ impl Publisher {
     }
 
     /// Checks or establishes the connection.
-    pub async fn ensure_connected(&self) -> Result<(), lapin::Error> {
+    pub async fn ensure_connected(&self) -> Result<(), anyhow::Error> {
         let mut state = self.state.lock().await;
         self.channel(&mut state).await.map(|_| ())
     }
@@ -68,7 +76,7 @@ impl Publisher {
     async fn channel<'s>(
         &self,
         state: &'s mut Option<(Connection, Channel)>,
-    ) -> Result<&'s Channel, lapin::Error> {
+    ) -> Result<&'s Channel, anyhow::Error> {
         let healthy = matches!(state.as_ref(),
             Some((conn, ch)) if conn.status().connected() && ch.status().connected());
         if !healthy {
@@ -96,10 +104,12 @@ impl Publisher {
 
     /// Publishes a batch and waits for every confirm. A connection error
     /// drops the connection (the next call reconnects) and fails the batch.
-    pub async fn publish(&self, batch: &[Outgoing<'_>]) -> Result<Vec<Published>, lapin::Error> {
+    pub async fn publish(&self, batch: &[Outgoing<'_>]) -> Result<Vec<Published>, anyhow::Error> {
         let mut state = self.state.lock().await;
         let channel = self.channel(&mut state).await?;
-        let result = Self::publish_on(channel, &self.topology.exchange(), batch).await;
+        let result = Self::publish_on(channel, &self.topology.exchange(), batch)
+            .await
+            .map_err(anyhow::Error::from);
         if result.is_err() {
             *state = None;
             self.set_connected(false);

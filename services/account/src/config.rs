@@ -30,18 +30,22 @@ pub struct Argon2Settings {
     pub parallelism: u32,
 }
 
-/// Per-client and per-address request limits.
+/// Limits on sign-up, resend and login, shared by every instance (kept in
+/// PostgreSQL); each action has its own allowances.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct RateLimitSettings {
     /// `off` turns the per-client and per-address limits off (benchmarks, or behind a gateway that limits).
     #[arg(long = "rate-limits", value_name = "ON_OFF", env = "ACCOUNT_RATE_LIMITS", default_value = "on", value_parser = conf::boolean, action = ArgAction::Set)]
     pub enabled: bool,
-    /// Sign-up, resend and login requests per client address per minute.
+    /// Requests per client address per minute, for each of sign-up, resend and login.
     #[arg(long = "rate-limit-client-per-minute", env = "ACCOUNT_RATE_LIMIT_CLIENT_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub client_per_minute: u32,
-    /// Sign-up, resend and login requests per e-mail address per hour.
+    /// Requests per e-mail address per hour, for each of sign-up and resend.
     #[arg(long = "rate-limit-address-per-hour", env = "ACCOUNT_RATE_LIMIT_ADDRESS_PER_HOUR", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub address_per_hour: u32,
+    /// Logins per e-mail address AND client per hour: failures from one client never lock the owner out of another.
+    #[arg(long = "rate-limit-login-per-hour", env = "ACCOUNT_RATE_LIMIT_LOGIN_PER_HOUR", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_per_hour: u32,
 }
 
 /// The whole configuration of the account service.
@@ -78,7 +82,7 @@ pub struct Settings {
     /// Database connections.
     #[arg(long, env = "ACCOUNT_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub database_pool_size: u32,
-    /// RabbitMQ URL [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    /// RabbitMQ URL, or a comma-separated list of a cluster's nodes tried in turn (at connect and on failover) [default: amqp://guest:guest@127.0.0.1:5672/%2f].
     #[arg(long = "amqp-url", value_name = "URL", env = "ACCOUNT_AMQP_URL", hide_env_values = true, value_parser = conf::amqp_url)]
     amqp_url_value: Option<SecretString>,
     /// File holding ACCOUNT_AMQP_URL.
@@ -368,9 +372,10 @@ mod tests {
         assert_eq!(
             (
                 s.rate_limits.client_per_minute,
-                s.rate_limits.address_per_hour
+                s.rate_limits.address_per_hour,
+                s.rate_limits.login_per_hour
             ),
-            (30, 10)
+            (30, 10, 10)
         );
         assert!(s.token_keys.is_none());
         assert_eq!(s.token_ttl, Duration::from_secs(86400));
@@ -426,6 +431,7 @@ mod tests {
             ("ACCOUNT_COOKIE_SECURE", "maybe"),
             ("ACCOUNT_RATE_LIMITS", "sometimes"),
             ("ACCOUNT_RATE_LIMIT_CLIENT_PER_MINUTE", "0"),
+            ("ACCOUNT_RATE_LIMIT_LOGIN_PER_HOUR", "0"),
             ("ACCOUNT_DEFAULT_LOCALE", "fr"),
             ("ACCOUNT_ARGON2_MEMORY_KIB", "0"),
             ("ACCOUNT_ARGON2_MEMORY_KIB", "4"),

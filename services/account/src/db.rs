@@ -55,6 +55,38 @@ fn root_store() -> rustls::RootCertStore {
     roots
 }
 
+/// Whether a query failed because the database went away (a connection
+/// dropped by a restart, a failover or an operator) rather than because of
+/// the query: the request may be retried, so it is a 503, not a 500.
+///
+/// diesel-async reports a connection it can no longer use as
+/// `UnableToSendCommand` (also the rollback after a drop inside a
+/// transaction); a lone query cut by the server gets the server's own
+/// error, which diesel does not classify: it is told by PostgreSQL's
+/// message for the SQLSTATEs 57P01-57P03 (administrator shutdown, crash of
+/// another backend, shutting down) and 08006 (connection failure).
+pub fn is_unavailable(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    const GONE: [&str; 5] = [
+        "terminating connection due to administrator command",
+        "terminating connection due to crash of another server process",
+        "terminating connection due to unexpected postmaster exit",
+        "the database system is shutting down",
+        "server closed the connection unexpectedly",
+    ];
+    match e {
+        Error::DatabaseError(
+            DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
+            _,
+        )
+        | Error::BrokenTransactionManager => true,
+        Error::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            GONE.iter().any(|m| info.message().contains(m))
+        }
+        _ => false,
+    }
+}
+
 /// A pool of at most `size` connections.
 pub fn pool(url: &str, size: usize) -> Result<DbPool, anyhow::Error> {
     let mut config = ManagerConfig::default();

@@ -25,7 +25,11 @@ pub struct Housekeeping {
 impl Housekeeping {
     /// One round; a failure is logged and the next round tries again.
     pub async fn once(&self) {
-        self.limits.purge();
+        match self.limits.purge().await {
+            Ok(n) if n > 0 => tracing::info!(count = n, "purged replenished rate-limit rows"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not purge the rate limits"),
+        }
         let Ok(mut conn) = self.pool.get().await else {
             return;
         };

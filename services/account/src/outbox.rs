@@ -245,7 +245,7 @@ impl Relay {
                 }
                 Ok(TaskOutcome::Refused) => Some(backoff),
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay failed; retrying");
+                    tracing::warn!(error = %e, retry_in = ?backoff, "could not publish the outbox; its events wait there, retrying (on the next broker node first)");
                     Some(backoff)
                 }
             };

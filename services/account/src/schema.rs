@@ -43,5 +43,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    rate_limits (key) {
+        key -> Bytea,
+        tat -> Timestamptz,
+        step -> Interval,
+        span -> Interval,
+        allowed -> Bool,
+    }
+}
+
 diesel::joinable!(sessions -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(users, outbox, sessions);

@@ -100,7 +100,7 @@ impl Application {
             publisher.clone(),
             settings.outbox_sweep_interval,
         );
-        let limits = Limits::new(settings.rate_limits);
+        let limits = Limits::new(settings.rate_limits, pool.clone());
         let listener = TcpListener::bind(&settings.bind)
             .map_err(|e| anyhow::anyhow!("cannot listen on ACCOUNT_BIND={}: {e}", settings.bind))?;
         let port = listener.local_addr()?.port();

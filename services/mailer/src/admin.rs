@@ -1,10 +1,9 @@
 //! `mailer dead list` and `mailer dead requeue --all | ID...`: look at the
 //! dead letters and send them back to the work queue once the cause is fixed.
 
+use lapin::ConnectionProperties;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
-use lapin::{Connection, ConnectionProperties};
-use secrecy::ExposeSecret;
 
 use crate::config::{DeadCommand, Settings};
 use crate::routing::{ATTEMPT, DEAD_AT, DEAD_REASON, LAST_ERROR};
@@ -49,11 +48,10 @@ pub async fn dead(settings: &Settings, cmd: &DeadCommand) -> Result<usize, anyho
         DeadCommand::Requeue { all: true, .. } => Some(Selection::All),
         DeadCommand::Requeue { ids, .. } => Some(Selection::Ids(ids)),
     };
-    let conn = Connection::connect(
-        settings.amqp_url.expose_secret(),
-        ConnectionProperties::default(),
-    )
-    .await?;
+    let conn = shared::amqp::Nodes::new(&settings.amqp_url)
+        .connect(ConnectionProperties::default())
+        .await?
+        .connection;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let dead = settings.topology.dead_queue();

@@ -52,7 +52,7 @@ pub struct Settings {
     /// Health, readiness and metrics listen address.
     #[arg(long, env = "MAILER_BIND", default_value = "127.0.0.1:9090")]
     pub bind: String,
-    /// RabbitMQ URL [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    /// RabbitMQ URL, or a comma-separated list of a cluster's nodes tried in turn (at connect and on failover) [default: amqp://guest:guest@127.0.0.1:5672/%2f].
     #[arg(long = "amqp-url", value_name = "URL", env = "MAILER_AMQP_URL", hide_env_values = true, value_parser = conf::amqp_url)]
     amqp_url_value: Option<SecretString>,
     /// File holding MAILER_AMQP_URL.
@@ -150,6 +150,18 @@ pub struct Settings {
     /// With MAILER_SOURCES: refuse events whose publisher did not set the AMQP user_id (then a source is proven, not claimed).
     #[arg(long, env = "MAILER_REQUIRE_USER_ID", default_value = "false", value_parser = conf::boolean, action = clap::ArgAction::Set)]
     pub require_user_id: bool,
+    /// Shared idempotency store (PostgreSQL URL, e.g. the account's database): every mailer records each event id accepted by SMTP and checks it before sending, so a mailer killed before its ack leaves fewer duplicates. Unset: each mailer remembers only its own.
+    #[arg(long = "dedupe-url", value_name = "URL", env = "MAILER_DEDUPE_URL", hide_env_values = true, value_parser = dedupe_url)]
+    dedupe_url_value: Option<SecretString>,
+    /// File holding MAILER_DEDUPE_URL.
+    #[arg(long = "dedupe-url-file", env = "MAILER_DEDUPE_URL_FILE")]
+    dedupe_url_file: Option<PathBuf>,
+    /// The resolved dedupe store URL, if any.
+    #[arg(skip)]
+    pub dedupe_url: Option<SecretString>,
+    /// How long the dedupe store keeps an event id (longer than a mail can stay in the queues).
+    #[arg(long, env = "MAILER_DEDUPE_RETENTION", default_value = "7d", value_parser = conf::duration)]
+    pub dedupe_retention: Duration,
     /// How long SIGTERM waits for mail in flight.
     #[arg(long, env = "MAILER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = conf::duration)]
     pub shutdown_timeout: Duration,
@@ -247,6 +259,14 @@ fn address(s: &str) -> Result<lettre::Address, String> {
         .map_err(|e| format!("not an address like help@example.com: {e}"))
 }
 
+fn dedupe_url(s: &str) -> Result<SecretString, String> {
+    url::Url::parse(s.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "postgres" | "postgresql") && u.path().len() > 1)
+        .map(|_| SecretString::from(s.trim().to_owned()))
+        .ok_or_else(|| "expected postgres://user[:password]@host[:port]/database".into())
+}
+
 fn mailbox(s: &str) -> Result<Mailbox, String> {
     s.trim()
         .parse()
@@ -288,10 +308,21 @@ impl Settings {
         .unwrap_or_else(|| SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"));
         conf::amqp_url(self.amqp_url.expose_secret())
             .map_err(|e| ConfigError::new("MAILER_AMQP_URL", e))?;
-        self.amqp_user = url::Url::parse(self.amqp_url.expose_secret())
-            .ok()
+        // The broker user of the first node (a cluster's nodes share users).
+        self.amqp_user = shared::amqp::split(self.amqp_url.expose_secret())
+            .next()
+            .and_then(|u| url::Url::parse(u).ok())
             .and_then(|u| url_user(&u))
             .unwrap_or_else(|| "guest".to_owned());
+        self.dedupe_url = conf::secret(
+            "MAILER_DEDUPE_URL",
+            self.dedupe_url_value.take(),
+            self.dedupe_url_file.as_deref(),
+        )?;
+        if let Some(url) = &self.dedupe_url {
+            dedupe_url(url.expose_secret())
+                .map_err(|e| ConfigError::new("MAILER_DEDUPE_URL", e))?;
+        }
         let password = conf::secret(
             "MAILER_SMTP_PASSWORD",
             self.smtp_password.take(),
@@ -518,6 +549,8 @@ mod tests {
         assert!(s.sources.is_none() && !s.require_user_id);
         let sized = settings(&[("MAILER_MAX_EVENT_BYTES", "1MiB")]).unwrap();
         assert_eq!(sized.max_event_bytes, 1 << 20);
+        assert!(s.dedupe_url.is_none());
+        assert_eq!(s.dedupe_retention, Duration::from_secs(7 * 86400));
         assert_eq!(
             s.amqp_url.expose_secret(),
             "amqp://guest:guest@127.0.0.1:5672/%2f"
@@ -669,6 +702,8 @@ mod tests {
             ("MAILER_SUPPORT_ADDRESS", "help desk"),
             ("MAILER_TIMEZONE", "Mars/Olympus"),
             ("MAILER_DKIM_SELECTOR", "two words"),
+            ("MAILER_DEDUPE_URL", "redis://cache:6379"),
+            ("MAILER_DEDUPE_RETENTION", "forever"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{var}={value}: {err}");
@@ -689,7 +724,8 @@ mod tests {
                 "MAILER_AMQP_URL",
                 "MAILER_SMTP_URL",
                 "MAILER_SMTP_PASSWORD",
-                "MAILER_DKIM_KEY"
+                "MAILER_DKIM_KEY",
+                "MAILER_DEDUPE_URL"
             ]
         );
         assert!(vars.iter().any(|v| v.name == "MAILER_RETRY_DELAYS"));

@@ -1,5 +1,7 @@
 //! The AMQP side of the mailer: one session (connection, topology, confirm
-//! channel, consumer), re-established with backoff when it breaks. Each
+//! channel, consumer), re-established with backoff when it breaks, on the
+//! next node of `MAILER_AMQP_URL` when that lists a cluster's nodes (the
+//! consumer is registered again there; a quorum queue's new leader serves it). Each
 //! delivery runs the pipeline in its own task and is acked only after the
 //! outlet accepted the mail, or after its copy landed in a retry or
 //! dead-letter queue. On shutdown it stops consuming, finishes what is in
@@ -10,14 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use lapin::ConnectionProperties;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
-use secrecy::ExposeSecret;
+use shared::amqp::Nodes;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -32,12 +34,15 @@ pub struct Consumer {
     pub pipeline: Pipeline,
     /// Whether the broker connection is up (for /readyz).
     pub connected: Arc<AtomicBool>,
+    /// The broker's nodes, tried in turn.
+    nodes: Arc<Nodes>,
 }
 
 impl Consumer {
     /// A consumer running `pipeline` on the queue the settings name.
     pub fn new(settings: Arc<Settings>, pipeline: Pipeline) -> Self {
         Self {
+            nodes: Arc::new(Nodes::new(&settings.amqp_url)),
             settings,
             pipeline,
             connected: Arc::new(AtomicBool::new(false)),
@@ -57,7 +62,12 @@ impl Consumer {
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff = Duration::from_millis(250);
                     }
-                    tracing::warn!(error = %e, retry_in = ?backoff, "broker session ended; reconnecting");
+                    tracing::warn!(
+                        error = %e,
+                        retry_in = ?backoff,
+                        nodes = self.nodes.len(),
+                        "lost the broker; unacked mail returns to the queue, reconnecting (to the next node first)"
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => {}
@@ -73,7 +83,8 @@ impl Consumer {
         let s = &self.settings;
         let props = ConnectionProperties::default()
             .with_connection_name(format!("mailer@{}", std::process::id()).into());
-        let conn = Connection::connect(s.amqp_url.expose_secret(), props).await?;
+        let connected = self.nodes.connect(props).await?;
+        let conn = connected.connection;
         let consume = conn.create_channel().await?;
         crate::broker::declare(&consume, &s.topology, s.queue_type, &s.retry_delays).await?;
         let publish = conn.create_channel().await?;
@@ -94,7 +105,7 @@ impl Consumer {
             .await?;
         self.connected.store(true, Ordering::Relaxed);
         metrics::gauge!("mailer_broker_connected").set(1.0);
-        tracing::info!(queue = %s.topology.queue(), prefetch = s.prefetch, outlet = self.pipeline.outlet.name(), "consuming");
+        tracing::info!(node = %connected.node, queue = %s.topology.queue(), prefetch = s.prefetch, outlet = self.pipeline.outlet.name(), "consuming");
 
         let mut tasks = JoinSet::new();
         let ended: Result<(), anyhow::Error> = loop {
@@ -155,6 +166,34 @@ impl Consumer {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
                 ("unknown".to_owned(), "duplicate")
             }
+            Ok(Handled::Busy) => {
+                // Another mailer is sending this event: look again after the
+                // first rung, without counting an attempt.
+                let step = routing::hold(0, &self.settings.retry_delays);
+                let error = crate::outlet::DeliveryError {
+                    transient: true,
+                    reason: "another mailer is sending this event".into(),
+                };
+                let topology = &self.settings.topology;
+                match routing::route(
+                    topology, publish, own_user, &delivery, attempt, &error, &step,
+                )
+                .await
+                {
+                    Ok(()) => {
+                        let _ = delivery.ack(BasicAckOptions::default()).await;
+                    }
+                    Err(_) => {
+                        let _ = delivery
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await;
+                    }
+                }
+                ("unknown".to_owned(), "deferred")
+            }
             Ok(Handled::Sent { template }) => {
                 if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                     // The mail is out; a redelivery is caught by the sent-ids set.
@@ -166,7 +205,11 @@ impl Consumer {
                 (template, "sent")
             }
             Err(failure) => {
-                let step = routing::next_step(attempt, &failure.error, &self.settings.retry_delays);
+                let delays = &self.settings.retry_delays;
+                let step = match self.pipeline.outlet.misconfigured() {
+                    Some(_) if failure.error.transient => routing::hold(attempt, delays),
+                    _ => routing::next_step(attempt, &failure.error, delays),
+                };
                 let id = failure
                     .id
                     .map(|i| i.to_string())
@@ -175,6 +218,10 @@ impl Consumer {
                     Step::Retry(delay) => {
                         tracing::warn!(event_id = %id, template = %failure.template, attempt = attempt + 1, retry_in = ?delay, error = %failure.error, "delivery failed; will retry");
                         "retried"
+                    }
+                    Step::Hold(delay) => {
+                        tracing::warn!(event_id = %id, template = %failure.template, retry_in = ?delay, error = %failure.error, "held: SMTP is misconfigured; the mail waits without spending its retries");
+                        "held"
                     }
                     Step::Dead(reason) => {
                         tracing::error!(event_id = %id, template = %failure.template, %reason, "dead-lettered");
@@ -196,7 +243,9 @@ impl Consumer {
                         let _ = delivery.ack(BasicAckOptions::default()).await;
                     }
                     Err(e) => {
-                        tracing::error!(event_id = %id, error = %e, "could not move the message; it stays in the queue");
+                        // The broker went away mid-route (a restart, a failover):
+                        // nothing is lost, so a warning, not an alert.
+                        tracing::warn!(event_id = %id, error = %e, "could not move the message; it stays in the queue");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         let _ = delivery
                             .nack(BasicNackOptions {

@@ -1,4 +1,5 @@
-//! `/healthz`, `/readyz` (broker connection) and `/metrics` on `MAILER_BIND`.
+//! `/healthz`, `/readyz` (broker connection, SMTP configuration) and
+//! `/metrics` on `MAILER_BIND`.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -8,8 +9,11 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
+use crate::outlet::Outlet;
+
 struct State {
     connected: Arc<AtomicBool>,
+    outlet: Outlet,
     metrics: PrometheusHandle,
 }
 
@@ -17,12 +21,17 @@ struct State {
 pub fn serve(
     bind: &str,
     connected: Arc<AtomicBool>,
+    outlet: Outlet,
     metrics: PrometheusHandle,
 ) -> Result<(actix_web::dev::Server, u16), anyhow::Error> {
     let listener = TcpListener::bind(bind)
         .map_err(|e| anyhow::anyhow!("cannot listen on MAILER_BIND={bind}: {e}"))?;
     let port = listener.local_addr()?.port();
-    let state = web::Data::new(State { connected, metrics });
+    let state = web::Data::new(State {
+        connected,
+        outlet,
+        metrics,
+    });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -40,11 +49,19 @@ pub fn serve(
     Ok((server, port))
 }
 
+/// Ready: consuming from the broker, and no known SMTP configuration error
+/// (a rejected certificate), which the body names.
 async fn readyz(state: web::Data<State>) -> HttpResponse {
-    if state.connected.load(Ordering::Relaxed) {
-        HttpResponse::Ok().json(json!({"broker": "ok"}))
+    let broker = state.connected.load(Ordering::Relaxed);
+    let smtp = state.outlet.misconfigured();
+    let body = json!({
+        "broker": if broker { "ok" } else { "down" },
+        "smtp": smtp.as_deref().unwrap_or("ok"),
+    });
+    if broker && smtp.is_none() {
+        HttpResponse::Ok().json(body)
     } else {
-        HttpResponse::ServiceUnavailable().json(json!({"broker": "down"}))
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }
 

@@ -7,7 +7,7 @@
 //! `mailer_messages_total{template, outcome}` registered at zero:
 //! - `template`: every template the mailer can render (the embedded ones and
 //!   those of `MAILER_TEMPLATE_DIR`) and `raw` (events with `content`), each
-//!   with `outcome` `sent`, `retried` and `dead`;
+//!   with `outcome` `sent`, `retried`, `dead` and `held`;
 //! - `template="invalid"` (an envelope that does not parse, or one over
 //!   MAILER_MAX_EVENT_BYTES, never parsed) with `dead`.
 //!
@@ -28,8 +28,10 @@ use crate::templates::Templates;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("SIGNUP_REVISION");
 
-/// The outcomes `mailer_messages_total` counts per template.
-pub const OUTCOMES: [&str; 3] = ["sent", "retried", "dead"];
+/// The outcomes `mailer_messages_total` counts per template (`held`: put
+/// back in a retry queue without counting an attempt, while SMTP is
+/// misconfigured).
+pub const OUTCOMES: [&str; 4] = ["sent", "retried", "dead", "held"];
 
 /// Registers the build info, the broker gauge and the counters at zero.
 /// Call once, after the Prometheus recorder is installed.
@@ -50,7 +52,7 @@ pub fn describe(templates: &Templates, connected: &AtomicBool) {
 
     metrics::describe_counter!(
         "mailer_messages_total",
-        "Consumed events by template and outcome (sent, retried, dead, duplicate)"
+        "Consumed events by template and outcome (sent, retried, dead, held, duplicate)"
     );
     let templates: BTreeSet<String> = templates
         .available()

@@ -59,8 +59,46 @@ pub fn retryable(failure: SmtpFailure) -> bool {
     }
 }
 
-/// Classifies a lettre SMTP error (see [`retryable`]).
+/// The TLS certificate problem in an error's causes, if the failure is our
+/// client refusing the server's certificate (unknown CA, wrong name,
+/// expired...): a configuration error, not the server's state.
+pub fn rejected_certificate(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    fn certificate(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+        match e.downcast_ref::<rustls::Error>()? {
+            rustls::Error::InvalidCertificate(c) => Some(format!("invalid certificate: {c:?}")),
+            rustls::Error::NoCertificatesPresented => Some("no certificate presented".into()),
+            _ => None,
+        }
+    }
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        // tokio-rustls wraps the TLS error in an io::Error, whose `source()`
+        // skips it: look inside.
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|i| certificate(i));
+        if let Some(found) = certificate(err).or(inner) {
+            return Some(found);
+        }
+        cause = err.source();
+    }
+    None
+}
+
+/// Classifies a lettre SMTP error (see [`retryable`]). A rejected
+/// certificate is transient here (the mail must not die of it); the outlet
+/// also remembers it as a configuration error ([`Outlet::misconfigured`]).
 pub fn classify(e: &lettre::transport::smtp::Error) -> DeliveryError {
+    if let Some(why) = rejected_certificate(e) {
+        return DeliveryError {
+            transient: true,
+            reason: format!(
+                "configuration error: the SMTP server's certificate was rejected ({why}); \
+                 check MAILER_SMTP_URL's host and the trusted CAs"
+            ),
+        };
+    }
     let failure = match e.status() {
         Some(code) => SmtpFailure::Code(code.into()),
         None if e.is_response() => SmtpFailure::Malformed,
@@ -92,6 +130,10 @@ pub enum Outlet {
         /// MAILER_SMTP_POOL_SIZE, so prefetch never turns into dozens of
         /// sessions at a provider that limits them per account.
         slots: Arc<Semaphore>,
+        /// The configuration error the last exchange ran into (a rejected
+        /// certificate), until an exchange succeeds: readiness reports it
+        /// and failed mail waits instead of climbing its retry ladder.
+        misconfigured: Arc<std::sync::Mutex<Option<String>>>,
     },
     Dir(AsyncFileTransport<Tokio1Executor>, PathBuf),
     /// Keeps every mail in memory and answers as it was made to
@@ -143,6 +185,7 @@ impl Outlet {
                     transport: builder.build(),
                     timeout: settings.smtp_timeout,
                     slots: Arc::new(Semaphore::new(settings.smtp_pool_size as usize)),
+                    misconfigured: Arc::default(),
                 })
             }
         }
@@ -157,15 +200,48 @@ impl Outlet {
         }
     }
 
+    /// The configuration error that stops mail going out (a rejected SMTP
+    /// certificate), if the last exchange ran into one.
+    pub fn misconfigured(&self) -> Option<String> {
+        match self {
+            Self::Smtp { misconfigured, .. } => misconfigured.lock().ok()?.clone(),
+            _ => None,
+        }
+    }
+
+    /// Records what an SMTP exchange said about the configuration.
+    fn observe(&self, error: Option<&lettre::transport::smtp::Error>) {
+        let Self::Smtp { misconfigured, .. } = self else {
+            return;
+        };
+        let now = error.and_then(|e| rejected_certificate(e).map(|_| classify(e).reason));
+        if let Ok(mut state) = misconfigured.lock() {
+            match (&*state, &now) {
+                (None, Some(reason)) => {
+                    tracing::error!(%reason, "SMTP is misconfigured: mail waits in the retry queues until it is fixed")
+                }
+                (Some(_), None) => tracing::info!("SMTP configuration error cleared"),
+                _ => {}
+            }
+            *state = now;
+        }
+    }
+
     /// Checks that the server answers (SMTP) or the folder is writable.
     pub async fn check(&self) -> Result<(), String> {
         match self {
             Self::Smtp {
                 transport, timeout, ..
             } => match tokio::time::timeout(*timeout, transport.test_connection()).await {
-                Ok(Ok(true)) => Ok(()),
+                Ok(Ok(true)) => {
+                    self.observe(None);
+                    Ok(())
+                }
                 Ok(Ok(false)) => Err("the SMTP server did not answer NOOP".into()),
-                Ok(Err(e)) => Err(classify(&e).reason),
+                Ok(Err(e)) => {
+                    self.observe(Some(&e));
+                    Err(classify(&e).reason)
+                }
                 Err(_) => Err(timed_out(*timeout).reason),
             },
             Self::Dir(_, dir) => {
@@ -189,6 +265,7 @@ impl Outlet {
                 transport,
                 timeout,
                 slots,
+                ..
             } => {
                 // Waiting for a free connection is not the server's time.
                 let _slot = slots.acquire().await.map_err(|_| DeliveryError {
@@ -199,7 +276,14 @@ impl Outlet {
                 // One bound for the whole exchange (connect, TLS, AUTH, MAIL,
                 // RCPT, DATA): what an operator means by "SMTP timeout".
                 match tokio::time::timeout(*timeout, transport.send(message)).await {
-                    Ok(result) => result.map(|_| ()).map_err(|e| classify(&e)),
+                    Ok(Ok(_)) => {
+                        self.observe(None);
+                        Ok(())
+                    }
+                    Ok(Err(e)) => {
+                        self.observe(Some(&e));
+                        Err(classify(&e))
+                    }
                     Err(_) => Err(timed_out(*timeout)),
                 }
             }

@@ -12,7 +12,7 @@ use shared::config::ConfigError;
 use shared::{Body, MailSend};
 
 use crate::config::Settings;
-use crate::dedupe::Sent;
+use crate::dedupe::{Claim, Sent, Store};
 use crate::dkim::Signer;
 use crate::message::build_message;
 use crate::outlet::{DeliveryError, Outlet};
@@ -24,8 +24,12 @@ use crate::templates::{self, House, Rendered, Templates};
 pub enum Handled {
     /// The outlet accepted the mail.
     Sent { template: String },
-    /// This process already sent this event id; nothing was sent again.
+    /// This process (or, with the dedupe store, any mailer) already sent
+    /// this event id; nothing was sent again.
     Duplicate,
+    /// Another mailer is sending this event id right now (dedupe store):
+    /// nothing was sent; it is to be looked at again later.
+    Busy,
 }
 
 /// An event that was not delivered, and why.
@@ -44,6 +48,11 @@ pub struct Pipeline {
     pub templates: Arc<Templates>,
     pub outlet: Outlet,
     pub sent: Arc<Sent>,
+    /// The idempotency store shared by every mailer, if configured.
+    pub store: Option<Arc<Store>>,
+    /// How long a claim in the store keeps other mailers off an event: a
+    /// whole SMTP exchange and then some; an older claim's mailer died.
+    pub claim_lease: std::time::Duration,
     /// The From of every mail: MAILER_FROM's address, the brand as its name.
     pub from: Mailbox,
     /// Signs every message when DKIM is configured.
@@ -80,6 +89,11 @@ impl Pipeline {
             templates: Arc::new(templates),
             outlet,
             sent: Arc::new(Sent::new(100_000)),
+            store: settings
+                .dedupe_url
+                .clone()
+                .map(|url| Arc::new(Store::new(url, settings.dedupe_retention))),
+            claim_lease: settings.smtp_timeout + std::time::Duration::from_secs(10),
             from: settings.sender(),
             dkim: settings.dkim.clone(),
             limiter,
@@ -125,11 +139,30 @@ impl Pipeline {
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
+        if let Some(store) = &self.store {
+            match store.claim(mail.id, self.claim_lease).await {
+                Claim::Mine => {}
+                Claim::Accepted => {
+                    tracing::info!(event_id = %mail.id, "already sent by a mailer (dedupe store); acking the redelivery");
+                    return Ok(Handled::Duplicate);
+                }
+                Claim::Busy => return Ok(Handled::Busy),
+            }
+        }
         let started = Instant::now();
         // The outlet records mailer_smtp_seconds itself, without the wait
         // for a free connection.
-        self.outlet.send(message).await.map_err(fail)?;
+        if let Err(e) = self.outlet.send(message).await {
+            if let Some(store) = &self.store {
+                store.release(mail.id).await;
+            }
+            return Err(fail(e));
+        }
         self.sent.insert(mail.id);
+        // Before the ack: from here on, a redelivery to any mailer is known.
+        if let Some(store) = &self.store {
+            store.record(mail.id).await;
+        }
         let domain = mail.to.email.rsplit('@').next().unwrap_or("");
         match (&self.outlet, &mail.body) {
             // A laptop has no inbox: the link in the log is the point.

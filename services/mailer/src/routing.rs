@@ -56,6 +56,17 @@ pub enum Step {
     Retry(Duration),
     /// Publish to the dead-letter queue with this reason.
     Dead(String),
+    /// Publish to the retry queue of this delay with the attempt count
+    /// unchanged: the failure is our configuration, not the mail's, so it
+    /// waits without spending its ladder.
+    Hold(Duration),
+}
+
+/// Where a mail waits while the outlet is misconfigured: its current rung
+/// (the last one once past the end), again and again until it is fixed.
+pub fn hold(attempt: u32, delays: &[Duration]) -> Step {
+    let rung = (attempt as usize).min(delays.len().saturating_sub(1));
+    Step::Hold(delays.get(rung).copied().unwrap_or(Duration::from_secs(60)))
 }
 
 /// The retry ladder: transient failures climb it, permanent ones and the last rung go dead.
@@ -118,7 +129,11 @@ pub fn headers_for(
             AMQPValue::LongString(LongString::from(user)),
         );
     }
-    headers.insert(ATTEMPT.into(), AMQPValue::LongInt((attempt + 1) as i32));
+    let attempts = match step {
+        Step::Hold(_) => attempt,
+        _ => attempt + 1,
+    };
+    headers.insert(ATTEMPT.into(), AMQPValue::LongInt(attempts as i32));
     headers.insert(
         LAST_ERROR.into(),
         AMQPValue::LongString(LongString::from(truncate(&error.reason, 1000))),
@@ -149,7 +164,7 @@ pub async fn route(
     step: &Step,
 ) -> Result<(), anyhow::Error> {
     let queue = match step {
-        Step::Retry(delay) => topology.retry_queue(*delay),
+        Step::Retry(delay) | Step::Hold(delay) => topology.retry_queue(*delay),
         Step::Dead(_) => topology.dead_queue(),
     };
     let publisher = publisher(&delivery.properties, own_user);
@@ -213,6 +228,23 @@ mod tests {
         assert!(
             matches!(next_step(0, &err(false), &delays), Step::Dead(r) if r.starts_with("permanent"))
         );
+    }
+
+    #[test]
+    fn a_held_mail_keeps_its_rung_and_its_attempt_count() {
+        let delays = [Duration::from_secs(5), Duration::from_secs(30)];
+        assert_eq!(hold(0, &delays), Step::Hold(Duration::from_secs(5)));
+        assert_eq!(hold(1, &delays), Step::Hold(Duration::from_secs(30)));
+        assert_eq!(hold(7, &delays), Step::Hold(Duration::from_secs(30)));
+        let held = headers_for(
+            &BasicProperties::default(),
+            None,
+            1,
+            &err(true),
+            &Step::Hold(Duration::from_secs(30)),
+        );
+        assert_eq!(held.inner().get(ATTEMPT), Some(&AMQPValue::LongInt(1)));
+        assert!(!held.inner().contains_key(DEAD_REASON));
     }
 
     #[test]

@@ -63,8 +63,12 @@ impl Application {
         let consumer = Consumer::new(settings.clone(), pipeline);
         let metrics = metrics_handle();
         crate::metrics::describe(&consumer.pipeline.templates, &consumer.connected);
-        let (server, port) =
-            crate::http::serve(&settings.bind, consumer.connected.clone(), metrics)?;
+        let (server, port) = crate::http::serve(
+            &settings.bind,
+            consumer.connected.clone(),
+            consumer.pipeline.outlet.clone(),
+            metrics,
+        )?;
         tracing::info!(port, "health and metrics listening");
         Ok(Self {
             port,
@@ -97,6 +101,21 @@ impl Application {
         let server_handle = self.server.handle();
         let server_task = tokio::spawn(self.server);
         let (tx, rx) = watch::channel(false);
+        let purge = self.consumer.pipeline.store.clone().map(|store| {
+            tokio::spawn(async move {
+                let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    hourly.tick().await;
+                    match store.purge().await {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(count = n, "purged old ids from the dedupe store")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "could not purge the dedupe store"),
+                    }
+                }
+            })
+        });
         let consumer = tokio::spawn(self.consumer.run(rx));
         let _ = stop.wait_for(|n| *n >= 1).await;
         let _ = tx.send(true);
@@ -106,6 +125,9 @@ impl Application {
                 tracing::warn!("the worker did not stop in time; exiting, unacked mail returns to the queue");
             },
             _ = stop.wait_for(|n| *n >= 2) => tracing::warn!("second signal: exiting now; unacked mail returns to the queue"),
+        }
+        if let Some(purge) = purge {
+            purge.abort();
         }
         server_handle.stop(true).await;
         let _ = server_task.await;

@@ -14,6 +14,9 @@ use shared::Topology;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod fleet;
+pub mod instances;
+
 /// The machine's RabbitMQ.
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The machine's PostgreSQL, without a database name.

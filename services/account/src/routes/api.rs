@@ -6,7 +6,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::{
-    client, fields, new_binding, rate_limit, removal_cookie, session_cookie, session_token,
+    Action, client, fields, new_binding, rate_limit, removal_cookie, session_cookie, session_token,
 };
 use crate::accounts::Client;
 use crate::domain::{Email, FieldError, Password};
@@ -169,7 +169,7 @@ pub(crate) async fn signup(
         None | Some("") => super::lang(&req, &state),
         Some(tag) => Lang::from_tag(tag).unwrap_or(state.settings.default_locale),
     };
-    rate_limit(&req, &state, &email)?;
+    rate_limit(&req, &state, Action::Signup, &email).await?;
     // A browser that signs up through the API (a single-page app) is the
     // one its link signs in without a click.
     let (binding, cookie) = new_binding(&state.settings);
@@ -216,7 +216,7 @@ pub(crate) async fn resend(
     let email = required(body.into_inner().email, "email")
         .and_then(|e| Email::parse(&e))
         .map_err(|e| AppError::Validation(vec![e]))?;
-    rate_limit(&req, &state, &email)?;
+    rate_limit(&req, &state, Action::Resend, &email).await?;
     let (binding, cookie) = new_binding(&state.settings);
     state
         .accounts
@@ -280,7 +280,7 @@ pub(crate) async fn verify(
                 required(email, "email").and_then(|e| Email::parse(&e)),
                 required(code, "code"),
             )?;
-            rate_limit(&req, &state, &email)?;
+            rate_limit(&req, &state, Action::Code, &email).await?;
             state.accounts.verify_code(email, &code, &client).await?
         }
     };
@@ -328,7 +328,7 @@ pub(crate) async fn login(
         required(body.email, "email").and_then(|e| Email::parse(&e)),
         required(body.password, "password").and_then(Password::parse_login),
     )?;
-    rate_limit(&req, &state, &email)?;
+    rate_limit(&req, &state, Action::Login, &email).await?;
     let session = state
         .accounts
         .login(email, password, &client(&req, &state.settings))
@@ -447,7 +447,7 @@ pub(crate) async fn forgot(
 ) -> Result<HttpResponse, AppError> {
     let email =
         one_field(required(body.into_inner().email, "email").and_then(|e| Email::parse(&e)))?;
-    rate_limit(&req, &state, &email)?;
+    rate_limit(&req, &state, Action::Reset, &email).await?;
     let accounts = state.accounts.clone();
     tokio::spawn(async move {
         if let Err(e) = accounts.forgot(email).await {
@@ -553,7 +553,7 @@ pub(crate) async fn change_password(
         required(body.new_password, "new_password").and_then(Password::parse_new),
     )?;
     let me = state.accounts.me(&session).await?;
-    rate_limit(&req, &state, &Email::stored(me.email))?;
+    rate_limit(&req, &state, Action::Login, &Email::stored(me.email)).await?;
     state
         .accounts
         .change_password(&session, current, new, &client(&req, &state.settings))
@@ -653,7 +653,7 @@ pub(crate) async fn delete_me(
         required(body.into_inner().password, "password").and_then(Password::parse_login),
     )?;
     let me = state.accounts.me(&session).await?;
-    rate_limit(&req, &state, &Email::stored(me.email))?;
+    rate_limit(&req, &state, Action::Login, &Email::stored(me.email)).await?;
     state
         .accounts
         .delete_account(&session, password, &client(&req, &state.settings))
@@ -711,8 +711,8 @@ pub(crate) async fn change_email(
         required(body.password, "password").and_then(Password::parse_login),
     )?;
     let me = state.accounts.me(&session).await?;
-    rate_limit(&req, &state, &Email::stored(me.email))?;
-    rate_limit(&req, &state, &new_email)?;
+    rate_limit(&req, &state, Action::Login, &Email::stored(me.email)).await?;
+    rate_limit(&req, &state, Action::ChangeEmail, &new_email).await?;
     state
         .accounts
         .request_email_change(

@@ -10,7 +10,7 @@ use minijinja::context;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::{Jar, fields, lang, rate_limit};
+use super::{Action, Jar, fields, lang, rate_limit};
 use crate::domain::{Email, FieldError, Password};
 use crate::error::AppError;
 use crate::state::AppState;
@@ -110,6 +110,7 @@ impl CredentialsForm {
         self,
         req: &HttpRequest,
         state: &AppState,
+        action: Action,
         policy: fn(String) -> Result<Password, FieldError>,
         op: impl FnOnce(Email, Password) -> Fut,
     ) -> Result<T, Rejected>
@@ -120,7 +121,7 @@ impl CredentialsForm {
         let result = async {
             guard(req, state, &self.csrf)?;
             let (email, password) = fields(Email::parse(&self.email), policy(self.password))?;
-            rate_limit(req, state, &email)?;
+            rate_limit(req, state, action, &email).await?;
             op(email, password).await
         }
         .await;

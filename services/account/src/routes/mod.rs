@@ -17,6 +17,8 @@ use crate::config::Settings;
 use crate::domain::{Email, FieldError};
 use crate::error::AppError;
 use crate::i18n::Lang;
+pub use crate::ratelimit::Action;
+use crate::ratelimit::Refusal;
 use crate::state::AppState;
 
 /// The cookies this service sets. With `Secure`, each name takes the
@@ -162,12 +164,20 @@ pub fn lang(req: &HttpRequest, state: &AppState) -> Lang {
         .unwrap_or(state.settings.default_locale)
 }
 
-/// Applies the per-client and per-address rate limits of sign-up, resend and login.
-pub fn rate_limit(req: &HttpRequest, state: &AppState, email: &Email) -> Result<(), AppError> {
-    state
-        .limits
-        .check(&client_key(req, &state.settings), Some(&email.key()))
-        .map_err(AppError::RateLimited)
+/// Counts the request against the limits of `action` for this client and
+/// address (shared by every instance): 429 with Retry-After when one is spent.
+pub async fn rate_limit(
+    req: &HttpRequest,
+    state: &AppState,
+    action: Action,
+    email: &Email,
+) -> Result<(), AppError> {
+    let client = client_key(req, &state.settings);
+    match state.limits.check(action, &client, &email.key()).await {
+        Ok(()) => Ok(()),
+        Err(Refusal::Limited(wait)) => Err(AppError::RateLimited(wait)),
+        Err(Refusal::Unavailable(e)) => Err(AppError::Unavailable(e)),
+    }
 }
 
 /// Collects every field error at once, so a client can show them together.

@@ -135,7 +135,7 @@ async fn migrate_creates_the_database_and_its_tables() {
     let tables = String::from_utf8(psql.stdout).unwrap();
     assert_eq!(
         tables.trim(),
-        "__diesel_schema_migrations,outbox,sessions,users"
+        "__diesel_schema_migrations,outbox,rate_limits,sessions,users"
     );
 }
 

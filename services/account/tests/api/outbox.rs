@@ -196,3 +196,22 @@ async fn published_rows_past_retention_are_purged_and_unsent_mail_never_is() {
         .unwrap();
     assert_eq!(none, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_broker_nodes_is_tried_in_turn_past_a_dead_one() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = probe.local_addr().unwrap().port();
+    drop(probe);
+    let nodes = format!("amqp://guest:guest@127.0.0.1:{dead}/%2f, {AMQP}");
+    let mut app = spawn_app_with(Options::default().env("ACCOUNT_AMQP_URL", &nodes)).await;
+    assert_eq!(
+        app.signup("nodes@example.com", "password-123")
+            .await
+            .status(),
+        202
+    );
+    let event = app.next_event(WAIT).await;
+    assert_eq!(event.raw["to"]["email"], "nodes@example.com");
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}

@@ -13,7 +13,7 @@ use shared::Topology;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-pub use testkit::{AMQP, free_port, root, wait_until};
+pub use testkit::{AMQP, PG, free_port, root, wait_until};
 use testkit::{SmtpDirs, Teardown, start_smtp};
 
 pub const USER: &str = "sender@naver.test";
@@ -58,6 +58,23 @@ impl Env {
 
     pub fn inbox(&self) -> PathBuf {
         self.dir.join("inbox")
+    }
+
+    /// A database of this test's own for `MAILER_DEDUPE_URL` (dropped at the
+    /// end); returns its URL.
+    pub async fn dedupe_database(&self) -> String {
+        let name = format!("test_dedupe_{}", Uuid::new_v4().simple());
+        let (client, conn) =
+            tokio_postgres::connect(&format!("{PG}/postgres"), tokio_postgres::NoTls)
+                .await
+                .expect("PostgreSQL on 127.0.0.1:5432");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap();
+        self.teardown.lock().unwrap().database = Some(name.clone());
+        format!("{PG}/{name}")
     }
 
     /// Starts aiosmtpd on this test's port.

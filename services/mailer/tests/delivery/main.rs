@@ -4,6 +4,7 @@
 mod helpers;
 mod hostile;
 mod preview;
+mod properties;
 mod quality;
 mod transport;
 
@@ -567,4 +568,82 @@ async fn without_smtp_mail_goes_to_a_folder_and_health_endpoints_answer() {
     assert!(out.status.success());
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains(link), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_store_an_event_another_mailer_sent_is_not_sent_again() {
+    let env = Env::new();
+    let store = env.dedupe_database().await;
+    let _smtp = env.smtp().await;
+    let broker = Broker::connect().await;
+    let event = verify_event("once@example.com", "en", "https://acc.example/v");
+
+    let first = env.mailer(&[("MAILER_DEDUPE_URL", &store)]).await;
+    broker.publish(&env.topology, &event.to_vec()).await;
+    assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
+    assert!(first.terminate().await.success());
+
+    // Another mailer (its own memory is empty) gets the same event again, as
+    // after the first one died between the SMTP 250 and its ack.
+    let _second = env.mailer(&[("MAILER_DEDUPE_URL", &store)]).await;
+    broker.publish(&env.topology, &event.to_vec()).await;
+    let queue = env.topology.queue();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            broker.count(&queue).await == Some(0)
+        })
+        .await
+    );
+    let other = verify_event("other@example.com", "en", "https://acc.example/w");
+    broker.publish(&env.topology, &other.to_vec()).await;
+    let mails = env.wait_for_mail(2, Duration::from_secs(20)).await;
+    let to: Vec<&str> = mails
+        .iter()
+        .map(|m| m["rcpt_tos"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        to,
+        ["once@example.com", "other@example.com"],
+        "sent once, then the next one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_store_two_copies_in_flight_at_once_make_one_mail() {
+    let env = Env::new();
+    let store = env.dedupe_database().await;
+    let _smtp = env.smtp().await;
+    let ports = [free_port(), free_port()];
+    let mut mailers = Vec::new();
+    for port in ports {
+        let bind = format!("127.0.0.1:{port}");
+        let vars = [
+            ("MAILER_DEDUPE_URL", store.as_str()),
+            ("MAILER_BIND", &bind),
+        ];
+        mailers.push(env.mailer(&vars).await);
+    }
+    let broker = Broker::connect().await;
+    // The server takes this mail at once but answers 250 only 4 s later, so
+    // the second copy (as the outbox relay publishes after a lost confirm)
+    // arrives while the first is being sent.
+    let event = verify_event("twice@slow.test", "en", "https://acc.example/v");
+    broker.publish(&env.topology, &event.to_vec()).await;
+    broker.publish(&env.topology, &event.to_vec()).await;
+    let duplicates = || async {
+        let mut n = 0;
+        for port in ports {
+            n += transport::outcome_count(port, "duplicate").await;
+        }
+        n
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            duplicates().await >= 1
+        })
+        .await,
+        "the second copy was acked as a duplicate"
+    );
+    assert_eq!(env.received().len(), 1, "one mail for two copies");
+    assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
 }

@@ -32,13 +32,25 @@ async fn an_smtps_url_delivers_over_implicit_tls_with_auth() {
     assert_eq!(mails[0]["subject"], "Confirm your e-mail address");
 }
 
+/// The count of `mailer_messages_total{outcome}` summed over templates.
+pub async fn outcome_count(port: u16, outcome: &str) -> u64 {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let labels = format!("outcome=\"{outcome}\"");
+    testkit::fleet::metric(&url, "mailer_messages_total", &labels).await as u64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_certificate_from_an_untrusted_ca_is_never_accepted() {
+async fn a_rejected_smtp_certificate_is_a_configuration_error_and_the_mail_waits() {
     let env = Env::new();
     let _smtp = env.smtp().await;
     // The system roots only: the test server's private CA is not among them.
-    let _mailer = env
-        .mailer(&[("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")])
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let bad = env
+        .mailer(&[
+            ("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"),
+            ("MAILER_BIND", &bind),
+        ])
         .await;
     let broker = Broker::connect().await;
     let event = verify_event(
@@ -47,22 +59,40 @@ async fn a_certificate_from_an_untrusted_ca_is_never_accepted() {
         "https://acc.example/verify?token=t",
     );
     broker.publish(&env.topology, &event.to_vec()).await;
-    let dead = env.topology.dead_queue();
+
+    // Readiness names the configuration error.
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
     assert!(
         wait_until(Duration::from_secs(20), || async {
-            broker.count(&dead).await == Some(1)
+            match reqwest::get(&readyz).await {
+                Ok(r) if r.status() == 503 => r
+                    .text()
+                    .await
+                    .is_ok_and(|b| b.contains("configuration") && b.contains("certificate")),
+                _ => false,
+            }
         })
         .await,
-        "retried, then dead-lettered"
+        "readiness says the SMTP certificate is rejected"
     );
-    let letters = broker.drain(&dead).await;
-    let reason = header(&letters[0].0, "x-dead-reason").unwrap();
-    assert!(reason.starts_with("retries exhausted"), "{reason}");
+    // The mail is held in the retry queue well past where its ladder (4
+    // attempts here) would have dead-lettered it.
     assert!(
-        reason.to_lowercase().contains("certificate"),
-        "the reason says why: {reason}"
+        wait_until(Duration::from_secs(30), || async {
+            outcome_count(port, "held").await >= 6
+        })
+        .await,
+        "held again and again"
     );
+    assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
     assert!(env.received().is_empty(), "nothing went to that server");
+
+    // Fixed (the right CA): the same mail goes out, once.
+    drop(bad);
+    let _good = env.mailer(&[]).await;
+    let mails = env.wait_for_mail(1, Duration::from_secs(30)).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0]["rcpt_tos"][0], "mitm@example.com");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,4 +471,17 @@ async fn a_server_that_hangs_up_mid_reply_is_retried_not_dead_lettered_at_once()
             && reason.contains("incomplete response"),
         "lettre's 'incomplete response' is a dropped connection: {reason}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_broker_nodes_is_tried_in_turn_past_a_dead_one() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let nodes = format!("amqp://guest:guest@127.0.0.1:{}/%2f,{AMQP}", free_port());
+    let _mailer = env.mailer(&[("MAILER_AMQP_URL", &nodes)]).await;
+    let broker = Broker::connect().await;
+    let event = verify_event("nodes@example.com", "en", "https://acc.example/v");
+    broker.publish(&env.topology, &event.to_vec()).await;
+    let mails = env.wait_for_mail(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
 }

@@ -7,7 +7,7 @@ use minijinja::context;
 use serde::Deserialize;
 
 use super::super::forms::{guard, page};
-use super::super::{client, rate_limit, session_token};
+use super::super::{Action, client, rate_limit, session_token};
 use super::me::me_page;
 use super::see_other;
 use crate::domain::{Email, FieldError, Password};
@@ -48,8 +48,8 @@ pub(super) async fn change(
             Password::parse_login(form.password),
         )?;
         let me = state.accounts.me(&session).await?;
-        rate_limit(&req, &state, &Email::stored(me.email))?;
-        rate_limit(&req, &state, &new_email)?;
+        rate_limit(&req, &state, Action::Login, &Email::stored(me.email)).await?;
+        rate_limit(&req, &state, Action::ChangeEmail, &new_email).await?;
         state
             .accounts
             .request_email_change(

@@ -7,7 +7,7 @@ use minijinja::{Value, context};
 use serde::Deserialize;
 
 use super::super::forms::{guard, page};
-use super::super::{client, rate_limit, removal_cookie, session_token};
+use super::super::{Action, client, rate_limit, removal_cookie, session_token};
 use super::see_other;
 use crate::domain::{Email, Password};
 use crate::error::AppError;
@@ -157,7 +157,13 @@ pub(super) async fn delete(
         let password =
             Password::parse_login(form.password).map_err(|e| AppError::Validation(vec![e]))?;
         let me = state.accounts.me(&session).await?;
-        rate_limit(&req, &state, &Email::stored(me.email.clone()))?;
+        rate_limit(
+            &req,
+            &state,
+            Action::Login,
+            &Email::stored(me.email.clone()),
+        )
+        .await?;
         state
             .accounts
             .delete_account(&session, password, &client(&req, &state.settings))

@@ -7,7 +7,7 @@ use minijinja::context;
 use serde::Deserialize;
 
 use super::super::forms::{guard, page};
-use super::super::{client, rate_limit, session_cookie, session_token};
+use super::super::{Action, client, rate_limit, session_cookie, session_token};
 use super::me::me_page;
 use super::see_other;
 use crate::accounts::Client;
@@ -43,7 +43,7 @@ pub(super) async fn forgot(
     let result = async {
         guard(&req, &state, &form.csrf)?;
         let email = Email::parse(&form.email).map_err(|e| AppError::Validation(vec![e]))?;
-        rate_limit(&req, &state, &email)?;
+        rate_limit(&req, &state, Action::Reset, &email).await?;
         let accounts = state.accounts.clone();
         tokio::spawn(async move {
             if let Err(e) = accounts.forgot(email).await {
@@ -216,7 +216,7 @@ pub(super) async fn change(
             }),
         )?;
         let me = state.accounts.me(&session).await?;
-        rate_limit(&req, &state, &Email::stored(me.email))?;
+        rate_limit(&req, &state, Action::Login, &Email::stored(me.email)).await?;
         state
             .accounts
             .change_password(&session, current, new, &client(&req, &state.settings))

@@ -7,7 +7,7 @@ use minijinja::context;
 use serde::Deserialize;
 
 use super::super::forms::{CredentialsForm, guard, page};
-use super::super::{client, removal_cookie, session_cookie, session_token};
+use super::super::{Action, client, removal_cookie, session_cookie, session_token};
 use crate::accounts::Client;
 use crate::domain::Password;
 use crate::error::AppError;
@@ -32,6 +32,7 @@ pub(super) async fn login(
         .submit(
             &req,
             &state,
+            Action::Login,
             Password::parse_login,
             async |email, password| Ok(state.accounts.login(email, password, &client).await?),
         )

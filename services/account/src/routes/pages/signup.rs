@@ -6,7 +6,7 @@ use minijinja::context;
 use serde::Deserialize;
 
 use super::super::forms::{CredentialsForm, guard, page};
-use super::super::{client, new_binding, rate_limit};
+use super::super::{Action, client, new_binding, rate_limit};
 use crate::domain::{Email, Password};
 use crate::error::AppError;
 use crate::state::AppState;
@@ -31,6 +31,7 @@ pub(super) async fn signup(
         .submit(
             &req,
             &state,
+            Action::Signup,
             Password::parse_new,
             async |email, password| {
                 let hash = Some(binding.hash());
@@ -76,7 +77,7 @@ pub(super) async fn resend(
     let result = async {
         guard(&req, &state, &form.csrf)?;
         let email = Email::parse(&form.email).map_err(|e| AppError::Validation(vec![e]))?;
-        rate_limit(&req, &state, &email)?;
+        rate_limit(&req, &state, Action::Resend, &email).await?;
         let hash = Some(binding.hash());
         Ok::<_, AppError>(state.accounts.resend(email, page.lang, hash).await?)
     }

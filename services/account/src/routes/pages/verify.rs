@@ -7,8 +7,7 @@ use minijinja::context;
 use serde::Deserialize;
 
 use super::super::forms::{guard, page};
-use super::super::rate_limit;
-use super::super::{Jar, client, session_cookie};
+use super::super::{Action, Jar, client, rate_limit, session_cookie};
 use crate::accounts::Verified;
 use crate::domain::Email;
 use crate::error::AppError;
@@ -140,7 +139,7 @@ pub(super) async fn code(
     let result = async {
         guard(&req, &state, &form.csrf)?;
         let email = Email::parse(&form.email).map_err(|e| AppError::Validation(vec![e]))?;
-        rate_limit(&req, &state, &email)?;
+        rate_limit(&req, &state, Action::Code, &email).await?;
         let client = client(&req, &state.settings);
         Ok::<_, AppError>(
             state
