@@ -20,6 +20,8 @@ pub struct Nodes {
     urls: Vec<SecretString>,
     /// The node the next connection attempt starts with.
     next: AtomicUsize,
+    /// The runtime connections are opened on (the one `new` ran on).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// A connection, and which node (host:port, no credentials) took it.
@@ -55,13 +57,21 @@ fn order(start: usize, n: usize) -> impl Iterator<Item = usize> {
 }
 
 impl Nodes {
-    /// The nodes of a (checked) list of URLs.
+    /// The nodes of a (checked) list of URLs. Connections are opened on
+    /// the runtime this is called on, whichever task asks for them later.
+    ///
+    /// The AMQP client runs a connection's I/O on the runtime that opened
+    /// it. An actix-web worker has a runtime of its own, which stops with
+    /// the worker: a connection first opened there (by a readiness probe)
+    /// went deaf at shutdown, and the relay's confirms then hung until
+    /// their timeout.
     pub fn new(list: &SecretString) -> Self {
         Self {
             urls: split(list.expose_secret())
                 .map(|u| SecretString::from(u.to_owned()))
                 .collect(),
             next: AtomicUsize::new(0),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -85,8 +95,26 @@ impl Nodes {
         for i in order(start, n) {
             let url = self.urls[i].expose_secret();
             let node = node_name(url);
-            let attempt = Connection::connect(url, props.clone());
-            match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            let outcome = match &self.runtime {
+                Some(runtime) => {
+                    let (url, props) = (url.to_owned(), props.clone());
+                    let mut task =
+                        runtime.spawn(async move { Connection::connect(&url, props).await });
+                    match tokio::time::timeout(CONNECT_TIMEOUT, &mut task).await {
+                        Ok(joined) => Ok(joined
+                            .unwrap_or_else(|e| Err(lapin::Error::from(std::io::Error::other(e))))),
+                        Err(elapsed) => {
+                            task.abort();
+                            Err(elapsed)
+                        }
+                    }
+                }
+                None => {
+                    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props.clone()))
+                        .await
+                }
+            };
+            match outcome {
                 Ok(Ok(connection)) => {
                     self.next.store((i + 1) % n, Ordering::Relaxed);
                     return Ok(Connected { connection, node });

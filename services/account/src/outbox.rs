@@ -113,6 +113,9 @@ pub struct Relay {
 
 type Row = (Uuid, String, serde_json::Value, DateTime<Utc>);
 
+/// How long a batch in flight may still take once the service is stopping.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Longest wait for the broker's confirms of one batch.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -229,7 +232,35 @@ impl Relay {
             .await?)
     }
 
-    /// Runs until `shutdown` turns true; the batch in flight is finished first.
+    /// One relay step. Once `shutdown` turns true the step gets
+    /// [`SHUTDOWN_GRACE`] to finish; then it is left: its transaction rolls
+    /// back and its rows stay for the next start or another instance (at
+    /// least once). A hung broker must not hold the process for the whole
+    /// publish timeout, past an orchestrator's grace period.
+    async fn step(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<TaskOutcome, anyhow::Error> {
+        let mut task = Box::pin(self.try_execute_task());
+        tokio::select! {
+            done = &mut task => return done,
+            _ = stopping(shutdown) => {}
+        }
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(done) => done,
+            Err(_) => {
+                // The publish holds the connection's lock: drop it first.
+                drop(task);
+                self.publisher.reset().await;
+                anyhow::bail!(
+                    "stopping: left a batch the broker did not confirm within {SHUTDOWN_GRACE:?}; it stays queued"
+                )
+            }
+        }
+    }
+
+    /// Runs until `shutdown` turns true; the batch in flight gets
+    /// [`SHUTDOWN_GRACE`] to finish.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         const FIRST_BACKOFF: Duration = Duration::from_millis(250);
         const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -237,7 +268,7 @@ impl Relay {
         let mut sweep = tokio::time::interval(self.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !*shutdown.borrow() {
-            let pause = match self.try_execute_task().await {
+            let pause = match self.step(&mut shutdown).await {
                 Ok(TaskOutcome::Published(n)) if n as i64 == self.batch_size => continue,
                 Ok(TaskOutcome::Published(_)) | Ok(TaskOutcome::EmptyQueue) => {
                     backoff = FIRST_BACKOFF;
@@ -253,7 +284,7 @@ impl Relay {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => {}
+                    _ = stopping(&mut shutdown) => {}
                 }
                 continue;
             }
@@ -264,9 +295,15 @@ impl Relay {
                         metrics::gauge!("account_outbox_backlog").set(n as f64);
                     }
                 }
-                _ = shutdown.changed() => {}
+                _ = stopping(&mut shutdown) => {}
             }
         }
         tracing::info!("outbox relay stopped");
     }
+}
+
+/// Resolves once `shutdown` is true (at once if it already is), or when
+/// its sender is gone.
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }

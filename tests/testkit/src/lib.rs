@@ -16,6 +16,9 @@ use tokio::process::{Child, Command};
 
 pub mod fleet;
 pub mod instances;
+pub mod proxy;
+
+pub use proxy::Proxy;
 
 /// The machine's RabbitMQ.
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

@@ -282,3 +282,188 @@ async fn logs_never_hold_a_password_token_or_session_and_sigterm_exits_cleanly()
         );
     }
 }
+
+/// SIGTERM while a sign-up is hashing: the request finishes (202), its user
+/// and its outbox row are committed, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_slow_signup_lets_it_finish_with_its_outbox_row() {
+    let id = Uuid::new_v4().simple().to_string();
+    let db = format!("test_account_{id}");
+    let prefix = format!("test-{id}");
+    let _teardown = Teardown {
+        database: Some(db.clone()),
+        topology: Some(shared::Topology::new(&prefix).unwrap()),
+        dir: None,
+        retry_delays: Vec::new(),
+    };
+    let (port, admin) = (testkit::free_port(), testkit::free_port());
+    let mut child = command()
+        .env("ACCOUNT_BIND", format!("127.0.0.1:{port}"))
+        .env("ACCOUNT_ADMIN_BIND", format!("127.0.0.1:{admin}"))
+        .env("ACCOUNT_DATABASE_URL", format!("{PG}/{db}"))
+        .env("ACCOUNT_AMQP_PREFIX", &prefix)
+        .env("ACCOUNT_COOKIE_SECURE", "false")
+        .env("ACCOUNT_HASH_CONCURRENCY", "1")
+        // A hash of about a second: long enough to be caught in the middle.
+        .env("ACCOUNT_ARGON2_MEMORY_KIB", "262144")
+        .env("ACCOUNT_ARGON2_ITERATIONS", "3")
+        .env("ACCOUNT_HASH_QUEUE", "60s")
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    assert!(testkit::wait_ok(&client, &format!("{base}/readyz"), Duration::from_secs(60)).await);
+    let signup = {
+        let client = client.clone();
+        let url = format!("{base}/api/v1/signup");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"email": "slow@example.com", "password": "password-123"}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    let metrics = format!("http://127.0.0.1:{admin}/metrics");
+    let hashing = testkit::wait_until(Duration::from_secs(30), || async {
+        let text = client
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines().any(|l| l == "account_hash_running 1")
+    })
+    .await;
+    assert!(hashing, "the sign-up's hash is running");
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(signup.await.unwrap().unwrap(), 202, "the request finished");
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let rows = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &db, "-tAc"])
+        .arg("SELECT (SELECT count(*) FROM users) || ',' || (SELECT count(*) FROM outbox)")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(rows.stdout).unwrap().trim(), "1,1");
+}
+
+/// SIGTERM while the broker hangs in the middle of a publish (a frozen
+/// connection, a memory alarm): the relay gives the batch a short grace
+/// and then leaves it, so the process exits well inside an orchestrator's
+/// grace period instead of waiting out the 30 s publish timeout; the row
+/// stays unpublished for the next instance (at least once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_broker_never_confirms_exits_and_leaves_the_row_queued() {
+    let id = Uuid::new_v4().simple().to_string();
+    let db = format!("test_account_{id}");
+    let topology = shared::Topology::new(&format!("test-{id}")).unwrap();
+    let _teardown = Teardown {
+        database: Some(db.clone()),
+        topology: Some(topology.clone()),
+        dir: None,
+        retry_delays: Vec::new(),
+    };
+    // A queue bound to the exchange, so the first event routes.
+    let amqp = lapin::Connection::connect(AMQP, Default::default())
+        .await
+        .unwrap();
+    let channel = amqp.create_channel().await.unwrap();
+    shared::topology::declare_exchange(&channel, &topology.exchange())
+        .await
+        .unwrap();
+    channel
+        .queue_declare(
+            topology.queue().as_str().into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            topology.queue().as_str().into(),
+            topology.exchange().as_str().into(),
+            "#".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let broker = testkit::Proxy::start(0, "127.0.0.1:5672").await;
+    let port = testkit::free_port();
+    let mut child = command()
+        .env("ACCOUNT_BIND", format!("127.0.0.1:{port}"))
+        .env(
+            "ACCOUNT_ADMIN_BIND",
+            format!("127.0.0.1:{}", testkit::free_port()),
+        )
+        .env("ACCOUNT_DATABASE_URL", format!("{PG}/{db}"))
+        .env(
+            "ACCOUNT_AMQP_URL",
+            format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.port),
+        )
+        .env("ACCOUNT_AMQP_PREFIX", topology.prefix())
+        .env("ACCOUNT_COOKIE_SECURE", "false")
+        .env("ACCOUNT_RATE_LIMITS", "off")
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    assert!(testkit::wait_ok(&client, &format!("{base}/readyz"), Duration::from_secs(60)).await);
+    let psql = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &db, "-tAc", sql])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let signup = |email: &str| {
+        client
+            .post(format!("{base}/api/v1/signup"))
+            .json(&json!({"email": email, "password": "password-123"}))
+            .send()
+    };
+    assert_eq!(signup("first@example.com").await.unwrap().status(), 202);
+    let published = "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL";
+    assert!(
+        testkit::wait_until(WAIT, || async { psql(published) == "1" }).await,
+        "the first event is confirmed through the proxy"
+    );
+
+    broker.freeze();
+    assert_eq!(signup("second@example.com").await.unwrap().status(), 202);
+    // The relay holds the row's lock while it waits for the confirm: then
+    // it is in the middle of the publish.
+    let claimable = "SELECT count(*) FROM (SELECT id FROM outbox WHERE published_at IS NULL \
+                     FOR UPDATE SKIP LOCKED) AS free";
+    let pending = "SELECT count(*) FROM outbox WHERE published_at IS NULL";
+    assert!(
+        testkit::wait_until(WAIT, || async {
+            psql(pending) == "1" && psql(claimable) == "0"
+        })
+        .await,
+        "the relay is waiting for the frozen broker"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    // Kubernetes' default grace is 30 s, the publish timeout too.
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits well before the publish timeout")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(psql(pending), "1", "the event waits for the next instance");
+    let _ = amqp.close(200, "done".into()).await;
+}

@@ -5,23 +5,8 @@ use std::time::{Duration, Instant};
 use account::broker::Publisher;
 use account::outbox::{Relay, TaskOutcome};
 use secrecy::SecretString;
-use tokio::net::{TcpListener, TcpStream};
 
 use crate::helpers::*;
-
-/// A TCP relay to RabbitMQ that can be switched on: "the broker comes back".
-async fn forward(listener: TcpListener) {
-    loop {
-        let Ok((mut inbound, _)) = listener.accept().await else {
-            return;
-        };
-        tokio::spawn(async move {
-            if let Ok(mut outbound) = TcpStream::connect("127.0.0.1:5672").await {
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-            }
-        });
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_written_while_the_broker_is_down_go_out_exactly_once_when_it_is_back() {
@@ -58,8 +43,7 @@ async fn events_written_while_the_broker_is_down_go_out_exactly_once_when_it_is_
     );
 
     // The broker comes back on the configured address.
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    tokio::spawn(forward(listener));
+    let _broker = testkit::Proxy::start(port, "127.0.0.1:5672").await;
     let mut seen = HashSet::new();
     let mut ids = HashSet::new();
     while seen.len() < emails.len() {

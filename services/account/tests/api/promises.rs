@@ -6,8 +6,6 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 use crate::helpers::*;
 
@@ -39,50 +37,9 @@ async fn an_event_no_queue_takes_stays_in_the_outbox_until_one_does() {
     assert!(testkit::wait_until(WAIT, || async { app.count(published).await == 1 }).await);
 }
 
-/// A TCP relay to PostgreSQL that can be cut and restored.
-struct DbProxy {
-    port: u16,
-    task: Option<JoinHandle<()>>,
-}
-
-impl DbProxy {
-    async fn start(port: u16) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            // Aborting this task drops the set, which aborts every relay.
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut out) = TcpStream::connect("127.0.0.1:5432").await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                    }
-                });
-            }
-        });
-        Self {
-            port,
-            task: Some(task),
-        }
-    }
-
-    /// Stops listening and cuts every relayed connection.
-    fn cut(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-    }
-}
-
-impl Drop for DbProxy {
-    fn drop(&mut self) {
-        self.cut();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_reports_the_database_down_and_back() {
-    let mut proxy = DbProxy::start(0).await;
+    let mut proxy = testkit::Proxy::start(0, "127.0.0.1:5432").await;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let app = spawn_app_with(Options::default().env(
         "ACCOUNT_DATABASE_URL",
@@ -110,7 +67,7 @@ async fn readiness_reports_the_database_down_and_back() {
     assert_eq!(res.status(), 503);
     assert!(res.headers().contains_key("retry-after"));
     // The database comes back on the same address: ready again.
-    let _back = DbProxy::start(proxy.port).await;
+    let _back = testkit::Proxy::start(proxy.port, "127.0.0.1:5432").await;
     assert!(
         testkit::wait_until(Duration::from_secs(60), || async { ready().await.0 == 200 }).await,
         "ready once the database is back"
