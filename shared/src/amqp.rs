@@ -24,10 +24,14 @@ pub struct Nodes {
     runtime: Option<tokio::runtime::Handle>,
 }
 
-/// A connection, and which node (host:port, no credentials) took it.
+/// A connection, which node (host:port, no credentials) took it, and as
+/// which broker user.
 pub struct Connected {
     pub connection: Connection,
     pub node: String,
+    /// The user of the node's URL (`guest` when it names none): what a
+    /// publisher sets as the AMQP `user_id`, which RabbitMQ checks.
+    pub user: String,
 }
 
 /// Every node refused: the last error, and how many were tried.
@@ -49,6 +53,13 @@ pub fn node_name(url: &str) -> String {
         Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
         Err(_) => "an unparsable URL".to_owned(),
     }
+}
+
+/// The broker user of an AMQP URL, percent-decoded (`guest` when it names none).
+pub fn user_name(url: &str) -> String {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|uri| uri.authority.userinfo.username)
+        .unwrap_or_else(|_| "guest".to_owned())
 }
 
 /// The order in which `n` nodes are tried when starting at `start`.
@@ -117,7 +128,12 @@ impl Nodes {
             match outcome {
                 Ok(Ok(connection)) => {
                     self.next.store((i + 1) % n, Ordering::Relaxed);
-                    return Ok(Connected { connection, node });
+                    let user = user_name(url);
+                    return Ok(Connected {
+                        connection,
+                        node,
+                        user,
+                    });
                 }
                 Ok(Err(e)) => last = format!("{node}: {e}"),
                 Err(_) => last = format!("{node}: no answer within {CONNECT_TIMEOUT:?}"),
@@ -148,6 +164,8 @@ mod tests {
             "rabbit-2.internal:5673"
         );
         assert_eq!(node_name("amqps://u:p@b"), "b:5671");
+        assert_eq!(user_name("amqp://mail%2Der:pw@mq:5672/%2f"), "mail-er");
+        assert_eq!(user_name("amqp://mq"), "guest");
     }
 
     #[tokio::test]

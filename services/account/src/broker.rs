@@ -28,11 +28,18 @@ pub enum Published {
     Refused(String),
 }
 
+/// A live connection, its confirm channel, and the broker user it is.
+struct Link {
+    conn: Connection,
+    channel: Channel,
+    user: String,
+}
+
 /// Publishes to `<prefix>.mail` with confirms and `mandatory`.
 pub struct Publisher {
     nodes: Nodes,
     topology: Topology,
-    state: Mutex<Option<(Connection, Channel)>>,
+    state: Mutex<Option<Link>>,
     connected: std::sync::atomic::AtomicBool,
 }
 
@@ -53,7 +60,7 @@ impl Publisher {
         self.connected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn connect(&self) -> Result<(Connection, Channel), anyhow::Error> {
+    async fn connect(&self) -> Result<Link, anyhow::Error> {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("account@{}", std::process::id()).into());
         let connected = self.nodes.connect(props).await?;
@@ -64,7 +71,11 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         shared::topology::declare_exchange(&channel, &self.topology.exchange()).await?;
-        Ok((conn, channel))
+        Ok(Link {
+            conn,
+            channel,
+            user: connected.user,
+        })
     }
 
     /// Checks or establishes the connection.
@@ -73,12 +84,9 @@ impl Publisher {
         self.channel(&mut state).await.map(|_| ())
     }
 
-    async fn channel<'s>(
-        &self,
-        state: &'s mut Option<(Connection, Channel)>,
-    ) -> Result<&'s Channel, anyhow::Error> {
+    async fn channel<'s>(&self, state: &'s mut Option<Link>) -> Result<&'s Link, anyhow::Error> {
         let healthy = matches!(state.as_ref(),
-            Some((conn, ch)) if conn.status().connected() && ch.status().connected());
+            Some(link) if link.conn.status().connected() && link.channel.status().connected());
         if !healthy {
             *state = None;
             let pair = self
@@ -88,7 +96,7 @@ impl Publisher {
             self.set_connected(true);
             *state = Some(pair);
         }
-        Ok(&state.as_ref().expect("connected just above").1)
+        Ok(state.as_ref().expect("connected just above"))
     }
 
     /// Drops the connection; the next publish reconnects.
@@ -106,8 +114,8 @@ impl Publisher {
     /// drops the connection (the next call reconnects) and fails the batch.
     pub async fn publish(&self, batch: &[Outgoing<'_>]) -> Result<Vec<Published>, anyhow::Error> {
         let mut state = self.state.lock().await;
-        let channel = self.channel(&mut state).await?;
-        let result = Self::publish_on(channel, &self.topology.exchange(), batch)
+        let link = self.channel(&mut state).await?;
+        let result = Self::publish_on(link, &self.topology.exchange(), batch)
             .await
             .map_err(anyhow::Error::from);
         if result.is_err() {
@@ -118,7 +126,7 @@ impl Publisher {
     }
 
     async fn publish_on(
-        channel: &Channel,
+        link: &Link,
         exchange: &str,
         batch: &[Outgoing<'_>],
     ) -> Result<Vec<Published>, lapin::Error> {
@@ -128,9 +136,13 @@ impl Publisher {
                 .with_message_id(msg.id.to_string().into())
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2)
+                // RabbitMQ refuses a user_id that is not the connection's
+                // user, so the mailer can believe it (MAILER_SOURCES).
+                .with_user_id(link.user.as_str().into())
                 .with_app_id("account".into())
                 .with_timestamp(chrono::Utc::now().timestamp() as u64);
-            let confirm = channel
+            let confirm = link
+                .channel
                 .basic_publish(
                     exchange.into(),
                     msg.routing_key.into(),

@@ -36,6 +36,12 @@ async fn signup_publishes_the_documented_envelope_whose_link_verifies() {
         Some("application/json")
     );
     assert_eq!(*event.props.delivery_mode(), Some(2));
+    // The broker user it connected as (RabbitMQ checks it): the mailer's
+    // MAILER_SOURCES can then trust the source.
+    assert_eq!(
+        event.props.user_id().as_ref().map(|s| s.as_str()),
+        Some("guest")
+    );
     let expires: chrono::DateTime<Utc> =
         serde_json::from_value(event.raw["data"]["expires_at"].clone()).unwrap();
     let ttl = expires - Utc::now();
