@@ -50,6 +50,12 @@ impl Topology {
         self.name("mail")
     }
 
+    /// The topic exchange of the account service's `account.*` events,
+    /// declared by the account service; consumers bind their own queues.
+    pub fn account_exchange(&self) -> String {
+        self.name("account")
+    }
+
     /// The mailer's work queue, bound to the exchange with `mail.send`.
     pub fn queue(&self) -> String {
         self.name("mailer.send")
@@ -107,12 +113,14 @@ mod tests {
     fn names_follow_the_contract() {
         let t = Topology::new("").unwrap();
         assert_eq!(t.exchange(), "mail");
+        assert_eq!(t.account_exchange(), "account");
         assert_eq!(t.queue(), "mailer.send");
         assert_eq!(t.dead_queue(), "mailer.dead");
         assert_eq!(t.retry_queue(Duration::from_secs(5)), "mailer.retry.5s");
 
         let t = Topology::new("prod").unwrap();
         assert_eq!(t.exchange(), "prod.mail");
+        assert_eq!(t.account_exchange(), "prod.account");
         assert_eq!(t.dead_queue(), "prod.mailer.dead");
         assert_eq!(
             t.retry_queue(Duration::from_secs(120)),

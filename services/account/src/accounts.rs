@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
+use shared::{AccountEvent, AccountEventType};
 use uuid::Uuid;
 
 use crate::code::{self, Code};
@@ -153,6 +154,11 @@ struct UserState {
     verify_code_attempts: i32,
 }
 
+/// An account event about `user` (its address and language as stored).
+fn event(kind: AccountEventType, user: &UserState) -> AccountEvent {
+    AccountEvent::new(kind, user.id, &user.email, &user.locale)
+}
+
 /// The account operations and what they need.
 #[derive(Clone)]
 pub struct Accounts {
@@ -225,6 +231,13 @@ impl Accounts {
                 if inserted == 1 {
                     let mail = mails.verification(new_id, email.as_str(), 0, lang, binding, &code);
                     outbox::enqueue(conn, &mail, new_id).await?;
+                    let created = AccountEvent::new(
+                        AccountEventType::Created,
+                        new_id,
+                        email.as_str(),
+                        lang.tag(),
+                    );
+                    outbox::record(conn, &created).await?;
                     return Ok(SignupOutcome::Created);
                 }
                 let user = Self::lock_by_key(conn, &key).await?;
@@ -438,6 +451,9 @@ impl Accounts {
             ))
             .execute(conn)
             .await?;
+        if user.verified_at.is_none() {
+            outbox::record(conn, &event(AccountEventType::Verified, user)).await?;
+        }
         let current = match &client.session {
             Some(s) => sessions::lookup(conn, s, settings.session_idle_ttl).await?,
             None => None,
@@ -732,6 +748,11 @@ impl Accounts {
                 sessions::delete_all(conn, user.id).await?;
                 let mail = mails.password_changed(&user.email, self.lang_of(&user));
                 outbox::enqueue(conn, &mail, user.id).await?;
+                if user.verified_at.is_none() {
+                    // The reset mail proved the address.
+                    outbox::record(conn, &event(AccountEventType::Verified, &user)).await?;
+                }
+                outbox::record(conn, &event(AccountEventType::PasswordChanged, &user)).await?;
                 Ok(sessions::create(
                     conn,
                     user.id,
@@ -807,6 +828,7 @@ impl Accounts {
             sessions::delete_others(conn, user.id, &keep).await?;
             let mail = mails.password_changed(&locked.email, self.lang_of(&locked));
             outbox::enqueue(conn, &mail, user.id).await?;
+            outbox::record(conn, &event(AccountEventType::PasswordChanged, &locked)).await?;
             Ok(())
         })
         .await?;
@@ -856,6 +878,7 @@ impl Accounts {
                 .await?;
             let mail = mails.account_deleted(&locked.email, self.lang_of(&locked));
             outbox::enqueue(conn, &mail, user.id).await?;
+            outbox::record(conn, &event(AccountEventType::Deleted, &locked)).await?;
             Ok(())
         })
         .await?;
@@ -874,18 +897,34 @@ impl Accounts {
             return Ok(0);
         };
         let mut conn = self.pool.get().await?;
-        Ok(diesel::delete(
-            users::table
-                .filter(users::verified_at.is_null())
-                .filter(users::created_at.lt(cutoff))
-                .filter(
-                    users::verification_sent_at
-                        .is_null()
-                        .or(users::verification_sent_at.lt(cutoff)),
-                ),
-        )
-        .execute(&mut conn)
-        .await?)
+        let gone = conn
+            .transaction::<_, AccountError, _>(async |conn| {
+                let gone: Vec<(Uuid, String, String)> = diesel::delete(
+                    users::table
+                        .filter(users::verified_at.is_null())
+                        .filter(users::created_at.lt(cutoff))
+                        .filter(
+                            users::verification_sent_at
+                                .is_null()
+                                .or(users::verification_sent_at.lt(cutoff)),
+                        ),
+                )
+                .returning((users::id, users::email, users::locale))
+                .get_results(conn)
+                .await?;
+                for (id, email, locale) in &gone {
+                    // Their links die with them; consumers hear they are gone.
+                    outbox::drop_pending(conn, *id).await?;
+                    let deleted = AccountEvent::new(AccountEventType::Deleted, *id, email, locale);
+                    outbox::record(conn, &deleted).await?;
+                }
+                Ok(gone.len())
+            })
+            .await?;
+        if gone > 0 {
+            self.relay.wake();
+        }
+        Ok(gone)
     }
 
     /// Asks to move the signed-in account to `new_email` (the password
@@ -1001,6 +1040,14 @@ impl Accounts {
                 let mail =
                     mails.email_changed(&user.email, new_email.as_str(), self.lang_of(&user));
                 outbox::enqueue(conn, &mail, user.id).await?;
+                let mut changed = AccountEvent::new(
+                    AccountEventType::EmailChanged,
+                    user.id,
+                    new_email.as_str(),
+                    &user.locale,
+                );
+                changed.previous_email = Some(user.email.clone());
+                outbox::record(conn, &changed).await?;
                 Ok((user.email, new_email.as_str().to_owned()))
             })
             .await?;

@@ -35,7 +35,8 @@ struct Link {
     user: String,
 }
 
-/// Publishes to `<prefix>.mail` with confirms and `mandatory`.
+/// Publishes mail to `<prefix>.mail` (mandatory: an unroutable mail comes
+/// back) and account events to `<prefix>.account`, with confirms.
 pub struct Publisher {
     nodes: Nodes,
     topology: Topology,
@@ -71,6 +72,7 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         shared::topology::declare_exchange(&channel, &self.topology.exchange()).await?;
+        shared::topology::declare_exchange(&channel, &self.topology.account_exchange()).await?;
         Ok(Link {
             conn,
             channel,
@@ -115,7 +117,7 @@ impl Publisher {
     pub async fn publish(&self, batch: &[Outgoing<'_>]) -> Result<Vec<Published>, anyhow::Error> {
         let mut state = self.state.lock().await;
         let link = self.channel(&mut state).await?;
-        let result = Self::publish_on(link, &self.topology.exchange(), batch)
+        let result = Self::publish_on(link, &self.topology, batch)
             .await
             .map_err(anyhow::Error::from);
         if result.is_err() {
@@ -127,11 +129,20 @@ impl Publisher {
 
     async fn publish_on(
         link: &Link,
-        exchange: &str,
+        topology: &Topology,
         batch: &[Outgoing<'_>],
     ) -> Result<Vec<Published>, lapin::Error> {
+        let (mail, account) = (topology.exchange(), topology.account_exchange());
         let mut confirms = Vec::with_capacity(batch.len());
         for msg in batch {
+            // Mail must reach the mailer's queue (mandatory: unroutable
+            // comes back and stays queued); account events go to whoever
+            // bound a queue, possibly nobody.
+            let (exchange, mandatory) = if crate::outbox::is_account_event(msg.routing_key) {
+                (account.as_str(), false)
+            } else {
+                (mail.as_str(), true)
+            };
             let props = BasicProperties::default()
                 .with_message_id(msg.id.to_string().into())
                 .with_content_type("application/json".into())
@@ -147,7 +158,7 @@ impl Publisher {
                     exchange.into(),
                     msg.routing_key.into(),
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory,
                         ..Default::default()
                     },
                     msg.payload,
@@ -163,7 +174,7 @@ impl Publisher {
                 Published::Refused("the broker nacked the message".into())
             } else if confirmation.take_message().is_some() {
                 Published::Refused(format!(
-                    "unroutable: no queue is bound to {exchange}; is the mailer running?"
+                    "unroutable: no queue is bound to {mail}; is the mailer running?"
                 ))
             } else {
                 Published::Confirmed

@@ -10,6 +10,9 @@
 //! - `account_logins_total{outcome}`: `ok`, `not-verified`, `bad-credentials`
 //! - `account_resends_total{sent}`: `yes`, `no`
 //! - `account_outbox_published_total`
+//! - `account_events_total{type}`: every account event type, recorded into
+//!   the outbox (`created`, `verified`, `password_changed`, `email_changed`,
+//!   `deleted`)
 //!
 //! Histograms (`http_request_duration_seconds`,
 //! `account_outbox_publish_latency_seconds`) and `http_requests_total` appear
@@ -53,6 +56,13 @@ pub fn describe() {
     );
     for sent in ["yes", "no"] {
         metrics::counter!("account_resends_total", "sent" => sent).increment(0);
+    }
+    metrics::describe_counter!(
+        "account_events_total",
+        "Account events written to the outbox, by type"
+    );
+    for kind in shared::AccountEventType::ALL {
+        metrics::counter!("account_events_total", "type" => kind.as_str()).increment(0);
     }
     metrics::describe_counter!(
         "account_outbox_published_total",

@@ -13,8 +13,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use shared::MailSend;
 use shared::topology::MAIL_SEND_ROUTING_KEY;
+use shared::{AccountEvent, MailSend};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
@@ -78,17 +78,52 @@ pub async fn enqueue(
     Ok(())
 }
 
-/// Deletes `user_id`'s events not yet published (links of an account that
-/// is going away); returns how many.
+/// Adds an account event to the outbox, inside the caller's transaction
+/// (the one that made the change it tells of).
+pub async fn record(conn: &mut AsyncPgConnection, event: &AccountEvent) -> QueryResult<()> {
+    let payload = serde_json::to_value(event).expect("an AccountEvent always serializes");
+    diesel::insert_into(outbox::table)
+        .values((
+            outbox::id.eq(event.id),
+            outbox::routing_key.eq(event.routing_key()),
+            outbox::payload.eq(payload),
+            outbox::user_id.eq(event.user_id),
+        ))
+        .execute(conn)
+        .await?;
+    metrics::counter!("account_events_total", "type" => event.kind.as_str()).increment(1);
+    Ok(())
+}
+
+/// Deletes `user_id`'s mail not yet published (links of an account that
+/// is going away); returns how many. Its account events stay: consumers
+/// must still hear of it, in order.
 pub async fn drop_pending(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<usize> {
     diesel::delete(
         outbox::table
             .filter(outbox::user_id.eq(user_id))
+            .filter(outbox::routing_key.eq(MAIL_SEND_ROUTING_KEY))
             .filter(outbox::published_at.is_null()),
     )
     .execute(conn)
     .await
 }
+
+/// Whether a row of this routing key is an account event (ordered per user,
+/// published to the account exchange).
+pub fn is_account_event(routing_key: &str) -> bool {
+    routing_key.starts_with(ACCOUNT_EVENT_PREFIX)
+}
+
+const ACCOUNT_EVENT_PREFIX: &str = "account.";
+
+/// A row is claimable unless it is an account event with an earlier one of
+/// the same user still unpublished: one user's events go out in order,
+/// whatever the number of relays.
+const IN_ORDER: &str = "NOT (outbox.routing_key LIKE 'account.%' AND EXISTS (\
+    SELECT 1 FROM outbox AS earlier WHERE earlier.user_id = outbox.user_id \
+    AND earlier.routing_key LIKE 'account.%' AND earlier.published_at IS NULL \
+    AND earlier.seq < outbox.seq))";
 
 /// The result of one relay step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +184,8 @@ impl Relay {
         conn.transaction::<_, anyhow::Error, _>(async move |conn| {
             let rows: Vec<Row> = outbox::table
                 .filter(outbox::published_at.is_null())
-                .order(outbox::created_at)
+                .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(IN_ORDER))
+                .order(outbox::seq)
                 .limit(batch_size)
                 .for_update()
                 .skip_locked()
@@ -269,8 +305,13 @@ impl Relay {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !*shutdown.borrow() {
             let pause = match self.step(&mut shutdown).await {
-                Ok(TaskOutcome::Published(n)) if n as i64 == self.batch_size => continue,
-                Ok(TaskOutcome::Published(_)) | Ok(TaskOutcome::EmptyQueue) => {
+                // A full batch may leave more; any batch may have made a
+                // user's next account event claimable: look again at once.
+                Ok(TaskOutcome::Published(_)) => {
+                    backoff = FIRST_BACKOFF;
+                    continue;
+                }
+                Ok(TaskOutcome::EmptyQueue) => {
                     backoff = FIRST_BACKOFF;
                     None
                 }

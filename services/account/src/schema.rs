@@ -28,6 +28,7 @@ diesel::table! {
         attempts -> Int4,
         last_error -> Nullable<Text>,
         user_id -> Nullable<Uuid>,
+        seq -> Int8,
     }
 }
 

@@ -249,12 +249,11 @@ async fn delete_topology(t: &Topology, delays: &[Duration]) {
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
-        let _ = ch
-            .exchange_delete(
-                t.exchange().as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
+        for exchange in [t.exchange(), t.account_exchange()] {
+            let _ = ch
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
     }
     let _ = conn.close(200, "bye".into()).await;
 }

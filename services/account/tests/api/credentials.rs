@@ -70,7 +70,7 @@ async fn login(app: &TestApp, client: &reqwest::Client, email: &str, password: &
 async fn forgot_answers_alike_for_every_address_and_mails_only_accounts_in_their_language() {
     let mut app = spawn_app().await;
     signed_in(&mut app, "jiwoo@example.com", "password-123", "ko").await;
-    let outbox = "SELECT count(*) AS n FROM outbox";
+    let outbox = "SELECT count(*) AS n FROM outbox WHERE routing_key = 'mail.send'";
     let before = app.count(outbox).await;
 
     let known = forgot(&app, &browser(), "JIWOO@example.com").await;

@@ -3,6 +3,7 @@
 mod binary;
 mod credentials;
 mod email;
+mod events;
 mod helpers;
 mod limits;
 mod openapi;

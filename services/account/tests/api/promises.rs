@@ -33,7 +33,7 @@ async fn an_event_no_queue_takes_stays_in_the_outbox_until_one_does() {
     app.start_capture().await;
     let event = app.next_event(WAIT).await;
     assert_eq!(event.mail.to.email, "early@example.com");
-    let published = "SELECT count(*) AS n FROM outbox WHERE published_at IS NOT NULL";
+    let published = "SELECT count(*) AS n FROM outbox WHERE published_at IS NOT NULL AND routing_key = 'mail.send'";
     assert!(testkit::wait_until(WAIT, || async { app.count(published).await == 1 }).await);
 }
 

@@ -304,7 +304,7 @@ async fn published_outbox_rows_keep_no_link() {
     app.signup("rest@example.com", "password-123").await;
     let url = verify_url(&app.next_event(WAIT).await);
     let token = token_of(&url);
-    let published = "SELECT count(*) AS n FROM outbox WHERE published_at IS NOT NULL";
+    let published = "SELECT count(*) AS n FROM outbox WHERE published_at IS NOT NULL AND routing_key = 'mail.send'";
     assert!(testkit::wait_until(WAIT, || async { app.count(published).await == 1 }).await);
     assert_eq!(
         app.count(&format!(

@@ -67,7 +67,7 @@ async fn signup_publishes_the_documented_envelope_whose_link_verifies() {
     assert_eq!(me["email"], "Minsu.Kim@example.com");
     assert!(me["verified_at"].is_string());
     assert_eq!(
-        app.count("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
+        app.count("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL AND routing_key = 'mail.send'")
             .await,
         0
     );
@@ -207,7 +207,7 @@ async fn resend_always_answers_202_and_honours_the_cooldown() {
         (status, body.clone())
     );
     // The resend answers after its transaction: the outbox says what was sent.
-    let rows = "SELECT count(*) AS n FROM outbox";
+    let rows = "SELECT count(*) AS n FROM outbox WHERE routing_key = 'mail.send'";
     assert_eq!(app.count(rows).await, 1, "nothing sent inside the cooldown");
 
     // After the cooldown: a new link that works, while the first one still does too

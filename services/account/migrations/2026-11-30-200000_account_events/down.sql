@@ -1,0 +1,2 @@
+DROP INDEX outbox_pending_seq;
+ALTER TABLE outbox DROP COLUMN seq;
