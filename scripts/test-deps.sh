@@ -45,8 +45,10 @@ fi
 if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi nanum; then
   apt_install chromium fonts-nanum
 fi
-if [ ! -d "$root/tests/browser/node_modules/playwright-core" ]; then
-  (cd "$root/tests/browser" && npm ci --no-audit --no-fund --silent)
+# Reinstalled when package-lock.json changes (playwright-core, @asyncapi/parser).
+if ! cmp -s "$root/tests/browser/package-lock.json" "$root/tests/browser/node_modules/.lock.installed"; then
+  (cd "$root/tests/browser" && SCARF_ANALYTICS=false npm ci --no-audit --no-fund --silent)
+  cp "$root/tests/browser/package-lock.json" "$root/tests/browser/node_modules/.lock.installed"
 fi
 
 # promtool (Debian's prometheus package) checks and unit-tests the alert rules.
