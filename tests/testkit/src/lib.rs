@@ -88,12 +88,24 @@ pub fn service_binary(name: &str) -> PathBuf {
 }
 
 /// A TCP port nothing listens on right now.
+///
+/// Taken below the kernel's ephemeral range (32768–60999 on Debian): a
+/// port from `bind(0)`, once released, can be handed to any outgoing
+/// connection (the tests open hundreds to PostgreSQL and RabbitMQ) before
+/// the service under test binds it. These are never handed out; a random
+/// start per call keeps parallel test processes apart.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    const FIRST: u64 = 20_000;
+    const SPAN: u64 = 12_000;
+    let start = RandomState::new().hash_one(std::process::id());
+    for i in 0..SPAN {
+        let port = (FIRST + (start.wrapping_add(i.wrapping_mul(7_919))) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// Polls `f` every 100 ms until it holds or `within` has passed.

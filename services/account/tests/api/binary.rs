@@ -168,14 +168,11 @@ async fn logs_never_hold_a_password_token_or_session_and_sigterm_exits_cleanly()
         .cookie_store(true)
         .build()
         .unwrap();
-    let mut up = false;
-    for _ in 0..100 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Creating the database and migrating may take a while on a busy machine.
+    let up = testkit::wait_until(Duration::from_secs(60), || async {
+        client.get(format!("{base}/healthz")).send().await.is_ok()
+    })
+    .await;
     assert!(up, "the service came up");
     let password = "very-secret-password-42";
     let res = client
@@ -438,6 +435,13 @@ async fn sigterm_while_the_broker_never_confirms_exits_and_leaves_the_row_queued
             .send()
     };
     assert_eq!(signup("first@example.com").await.unwrap().status(), 202);
+    // Nothing set but the essentials: the password hash has the cost a
+    // deploy gets by default (argon2id at OWASP's minimum).
+    let hash = psql("SELECT password_hash FROM users");
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{hash}"
+    );
     let published =
         "SELECT count(*) FROM outbox WHERE routing_key = 'mail.send' AND published_at IS NOT NULL";
     assert!(

@@ -181,3 +181,39 @@ async fn sign_up_and_resend_floods_do_not_eat_the_login_allowance() {
     let res = post_from(&app, client, "/api/v1/login", right).await;
     assert_eq!(res.status(), 200, "login keeps its own allowance");
 }
+
+/// Without ACCOUNT_TRUST_FORWARDED_FOR a client cannot pick its own
+/// identity: a new `X-Forwarded-For` on each request is ignored, and the
+/// peer's one allowance runs out. With it (behind a proxy that sets the
+/// header) each forwarded client has its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoofed_x_forwarded_for_is_ignored_unless_the_proxy_is_trusted() {
+    let quota = [
+        ("ACCOUNT_RATE_LIMIT_CLIENT_PER_MINUTE", "2"),
+        ("ACCOUNT_RATE_LIMIT_ADDRESS_PER_HOUR", "100"),
+    ];
+    let login = |i: usize| json!({"email": format!("x{i}@example.com"), "password": "whatever1"});
+    let untrusting = spawn_app_with(
+        Options::default()
+            .env("ACCOUNT_RATE_LIMITS", "on")
+            .env(quota[0].0, quota[0].1)
+            .env(quota[1].0, quota[1].1),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let spoofed = format!("203.0.113.{i}");
+        let res = post_from(&untrusting, &spoofed, "/api/v1/login", login(i)).await;
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 429], "one peer, one allowance");
+
+    let trusting = spawn_app_with(limited(&quota)).await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let forwarded = format!("203.0.113.{i}");
+        let res = post_from(&trusting, &forwarded, "/api/v1/login", login(i)).await;
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401], "three forwarded clients");
+}
