@@ -10,6 +10,7 @@
 //! - `account_logins_total{outcome}`: `ok`, `not-verified`, `bad-credentials`
 //! - `account_resends_total{sent}`: `yes`, `no`
 //! - `account_outbox_published_total`
+//! - the gauges `account_outbox_backlog`, `account_outbox_oldest_seconds`
 //! - `account_events_total{type}`: every account event type, recorded into
 //!   the outbox (`created`, `verified`, `password_changed`, `email_changed`,
 //!   `deleted`)
@@ -74,6 +75,12 @@ pub fn describe() {
         "account_outbox_backlog",
         "Outbox events not yet published (each relay sweep)"
     );
+    metrics::gauge!("account_outbox_backlog").set(0.0);
+    metrics::describe_gauge!(
+        "account_outbox_oldest_seconds",
+        "How long the oldest unpublished outbox event has waited (each relay sweep)"
+    );
+    metrics::gauge!("account_outbox_oldest_seconds").set(0.0);
     metrics::describe_histogram!(
         "account_outbox_publish_latency_seconds",
         metrics::Unit::Seconds,

@@ -258,14 +258,32 @@ impl Relay {
         .await
     }
 
-    /// Rows not yet published.
-    pub async fn backlog(&self) -> Result<i64, anyhow::Error> {
+    /// Rows not yet published, and how long the oldest of them has waited
+    /// (zero when none does).
+    pub async fn backlog(&self) -> Result<(i64, Duration), anyhow::Error> {
         let mut conn = self.pool.get().await?;
-        Ok(outbox::table
+        let (count, oldest): (i64, Option<chrono::DateTime<chrono::Utc>>) = outbox::table
             .filter(outbox::published_at.is_null())
-            .count()
+            .select((
+                diesel::dsl::count_star(),
+                diesel::dsl::min(outbox::created_at),
+            ))
             .get_result(&mut conn)
-            .await?)
+            .await?;
+        let age = oldest
+            .and_then(|t| (chrono::Utc::now() - t).to_std().ok())
+            .unwrap_or_default();
+        Ok((count, age))
+    }
+
+    /// Sets the gauges `account_outbox_backlog` and
+    /// `account_outbox_oldest_seconds` (left as they were if the database
+    /// cannot say).
+    async fn report_backlog(&self) {
+        if let Ok((n, age)) = self.backlog().await {
+            metrics::gauge!("account_outbox_backlog").set(n as f64);
+            metrics::gauge!("account_outbox_oldest_seconds").set(age.as_secs_f64());
+        }
     }
 
     /// One relay step. Once `shutdown` turns true the step gets
@@ -322,6 +340,8 @@ impl Relay {
                 }
             };
             if let Some(delay) = pause {
+                // Mail is not leaving: exactly when the gauges matter.
+                self.report_backlog().await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -331,11 +351,7 @@ impl Relay {
             }
             tokio::select! {
                 _ = self.notify.notified() => {}
-                _ = sweep.tick() => {
-                    if let Ok(n) = self.backlog().await {
-                        metrics::gauge!("account_outbox_backlog").set(n as f64);
-                    }
-                }
+                _ = sweep.tick() => self.report_backlog().await,
                 _ = stopping(&mut shutdown) => {}
             }
         }

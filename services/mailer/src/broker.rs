@@ -80,3 +80,49 @@ pub async fn declare(
         .await?;
     Ok(())
 }
+
+/// How often [`report_depth`] looks at the queues.
+pub const DEPTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Until `channel` fails, every [`DEPTH_INTERVAL`] sets the gauge
+/// `mailer_queue_messages{queue}` to the messages waiting in the work queue
+/// (`work`), in all retry queues together (`retry`) and in the dead-letter
+/// queue (`dead`), from passive declares: what the alert on mail piling up
+/// in the retry queues reads. Every mailer reports the same queues.
+pub async fn report_depth(channel: Channel, topology: Topology, delays: Vec<Duration>) {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let mut tick = tokio::time::interval(DEPTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let count = async |queue: String| {
+            channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+                .map(|q| f64::from(q.message_count()))
+        };
+        let mut retry = 0.0;
+        let mut gone = false;
+        for delay in &delays {
+            match count(topology.retry_queue(*delay)).await {
+                Ok(n) => retry += n,
+                Err(_) => gone = true,
+            }
+        }
+        let (Ok(work), Ok(dead), false) = (
+            count(topology.queue()).await,
+            count(topology.dead_queue()).await,
+            gone,
+        ) else {
+            // A queue deleted under us closes the channel; the next broker
+            // session starts a new reporter.
+            return;
+        };
+        metrics::gauge!("mailer_queue_messages", "queue" => "work").set(work);
+        metrics::gauge!("mailer_queue_messages", "queue" => "retry").set(retry);
+        metrics::gauge!("mailer_queue_messages", "queue" => "dead").set(dead);
+    }
+}

@@ -103,6 +103,12 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
+        let depth = tokio::spawn(crate::broker::report_depth(
+            conn.create_channel().await?,
+            s.topology.clone(),
+            s.retry_delays.to_vec(),
+        ));
+        let _depth = AbortOnDrop(depth);
         self.connected.store(true, Ordering::Relaxed);
         metrics::gauge!("mailer_broker_connected").set(1.0);
         tracing::info!(node = %connected.node, queue = %s.topology.queue(), prefetch = s.prefetch, outlet = self.pipeline.outlet.name(), "consuming");
@@ -260,5 +266,14 @@ impl Consumer {
         };
         metrics::counter!("mailer_messages_total", "template" => template, "outcome" => outcome)
             .increment(1);
+    }
+}
+
+/// Aborts a spawned task when the session that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -1,5 +1,6 @@
 //! What `/metrics` shows from the first scrape on: `mailer_build_info`,
-//! `mailer_broker_connected` (0 until the first broker session) and
+//! `mailer_broker_connected` (0 until the first broker session),
+//! `mailer_queue_messages{queue=work|retry|dead}` (0 until the first look) and
 //! `mailer_messages_total` at zero for every label pair the alerts and the
 //! dashboard key on. A counter that first appears at 1 hides that first
 //! event from `increase()`: the first dead letter would raise no alert.
@@ -48,6 +49,14 @@ pub fn describe(templates: &Templates, connected: &AtomicBool) {
     );
     if !connected.load(Ordering::Relaxed) {
         metrics::gauge!("mailer_broker_connected").set(0.0);
+    }
+
+    metrics::describe_gauge!(
+        "mailer_queue_messages",
+        "Messages waiting in the work queue, the retry queues and the dead-letter queue (every 5 s)"
+    );
+    for queue in ["work", "retry", "dead"] {
+        metrics::gauge!("mailer_queue_messages", "queue" => queue).set(0.0);
     }
 
     metrics::describe_counter!(

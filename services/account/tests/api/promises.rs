@@ -29,12 +29,42 @@ async fn an_event_no_queue_takes_stays_in_the_outbox_until_one_does() {
         testkit::wait_until(WAIT, || async { app.count(refused).await == 1 }).await,
         "the relay tried and kept the row"
     );
+    // The alert on a growing outbox (account_outbox_backlog) sees it.
+    assert!(
+        testkit::wait_until(WAIT, || async {
+            app.metric("account_outbox_backlog").await == 1.0
+        })
+        .await,
+        "the backlog gauge counts the kept row"
+    );
+    // And AccountOutboxStale sees its age grow.
+    assert!(
+        testkit::wait_until(WAIT, || async {
+            app.metric("account_outbox_oldest_seconds").await >= 1.0
+        })
+        .await,
+        "the age of the kept row is reported"
+    );
     // A queue appears (the mailer starts): the next sweep delivers it.
     app.start_capture().await;
     let event = app.next_event(WAIT).await;
     assert_eq!(event.mail.to.email, "early@example.com");
     let published = "SELECT count(*) AS n FROM outbox WHERE published_at IS NOT NULL AND routing_key = 'mail.send'";
     assert!(testkit::wait_until(WAIT, || async { app.count(published).await == 1 }).await);
+    assert!(
+        testkit::wait_until(WAIT, || async {
+            app.metric("account_outbox_backlog").await == 0.0
+        })
+        .await,
+        "the backlog gauge is back to zero"
+    );
+    assert!(
+        testkit::wait_until(WAIT, || async {
+            app.metric("account_outbox_oldest_seconds").await == 0.0
+        })
+        .await,
+        "nothing waits any more"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,6 +92,12 @@ async fn readiness_reports_the_database_down_and_back() {
         "readiness notices"
     );
     assert_eq!(ready().await.1, json!({"database": "down", "broker": "ok"}));
+    // What the AccountNotReady alert reads.
+    assert!(
+        app.metric("http_requests_total{method=\"GET\",route=\"/readyz\",status=\"503\"}")
+            .await
+            >= 1.0
+    );
     // A request that needs the database answers 503 with Retry-After, not 500.
     let res = app.signup("outage@example.com", "password-123").await;
     assert_eq!(res.status(), 503);
@@ -133,6 +169,7 @@ async fn housekeeping_runs_on_its_tick_and_keeps_what_it_must() {
             ..Options::default()
                 .env("ACCOUNT_HOUSEKEEPING_INTERVAL", "200ms")
                 .env("ACCOUNT_OUTBOX_RETENTION", retention)
+                .env("ACCOUNT_RATE_LIMITS", "on")
         })
         .await;
         app.exec(
@@ -140,6 +177,14 @@ async fn housekeeping_runs_on_its_tick_and_keeps_what_it_must() {
              (gen_random_uuid(), 'mail.send', '{}', now() - interval '3 hours', now() - interval '2 hours'), \
              (gen_random_uuid(), 'mail.send', '{}', now() - interval '3 hours', NULL), \
              (gen_random_uuid(), 'mail.send', '{}', now(), now())",
+        )
+        .await;
+        // A rate-limit key that has replenished (it means no more than no
+        // row) and one still counting.
+        app.exec(
+            "INSERT INTO rate_limits (key, tat, step, span, allowed) VALUES \
+             ('old'::bytea, now() - interval '1 minute', interval '1 minute', interval '1 hour', true), \
+             ('live'::bytea, now() + interval '1 hour', interval '1 minute', interval '1 hour', true)",
         )
         .await;
         // An expired session: its purge shows that a round has run.
@@ -181,6 +226,18 @@ async fn housekeeping_runs_on_its_tick_and_keeps_what_it_must() {
             );
         }
         assert_eq!(app.count(unsent).await, 1, "unsent mail is never purged");
+        assert_eq!(
+            app.count("SELECT count(*) AS n FROM rate_limits WHERE key = 'old'::bytea")
+                .await,
+            0,
+            "replenished rate-limit keys are forgotten"
+        );
+        assert_eq!(
+            app.count("SELECT count(*) AS n FROM rate_limits WHERE key = 'live'::bytea")
+                .await,
+            1,
+            "counting ones stay"
+        );
         assert_eq!(app.count(recent).await, 1, "recent rows stay");
     }
 }

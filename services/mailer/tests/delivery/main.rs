@@ -6,6 +6,7 @@ mod hostile;
 mod preview;
 mod properties;
 mod quality;
+mod queues;
 mod transport;
 
 use std::collections::HashSet;

@@ -1,0 +1,112 @@
+//! A retry copy the broker cannot place (its retry queue is gone) must not
+//! vanish: the mailer publishes copies as mandatory, and when one comes
+//! back it puts the original back in the work queue (nack with requeue).
+
+use std::time::Duration;
+
+use lapin::options::QueueDeleteOptions;
+use lapin::{Connection, ConnectionProperties};
+
+use super::helpers::*;
+use super::transport::outcome_count;
+use super::verify_event;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_no_queue_takes_stays_in_the_work_queue_and_is_not_lost() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let mailer = env.mailer(&[("MAILER_BIND", &bind)]).await;
+    // An operator (or a policy) removes the first retry queue.
+    let first_rung = env.topology.retry_queue(Duration::from_millis(300));
+    let conn = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(first_rung.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+
+    // 451: the mail must go to the missing retry queue.
+    let event = verify_event("late@tempfail.test", "en", "https://acc.example/v");
+    let broker = Broker::connect().await;
+    broker.publish(&env.topology, &event.to_vec()).await;
+    // It is tried, fails to move, returns to the work queue and is tried again.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            outcome_count(port, "retried").await >= 3
+        })
+        .await,
+        "the event keeps coming back to the mailer"
+    );
+    assert!(mailer.terminate().await.success());
+    assert_eq!(
+        broker.count(&env.topology.queue()).await,
+        Some(1),
+        "the event waits in the work queue"
+    );
+    assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
+
+    // A mailer that declares its topology again takes it up the whole ladder.
+    let _mailer = env.mailer(&[]).await;
+    let dead = env.topology.dead_queue();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            broker.count(&dead).await == Some(1)
+        })
+        .await,
+        "the ladder ends in the dead-letter queue"
+    );
+    let letters = broker.drain(&dead).await;
+    assert_eq!(
+        shared::MailSend::from_slice(&letters[0].1).unwrap().id,
+        event.id
+    );
+    let reason = header(&letters[0].0, "x-dead-reason").unwrap();
+    assert!(
+        reason.starts_with("retries exhausted after 4 attempts: SMTP 451"),
+        "{reason}"
+    );
+    let _ = conn.close(200, "".into()).await;
+}
+
+/// `mailer_queue_messages{queue}` from the mailer's metrics.
+async fn waiting(port: u16, queue: &str) -> f64 {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    testkit::fleet::metric(&url, "mailer_queue_messages", &format!("queue=\"{queue}\"")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mailer_reports_what_waits_in_its_retry_and_dead_letter_queues() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    // A ladder slow enough that a retried mail stays in its retry queue.
+    let _mailer = env
+        .mailer(&[("MAILER_BIND", &bind), ("MAILER_RETRY_DELAYS", "1h")])
+        .await;
+    let broker = Broker::connect().await;
+    for to in ["a@tempfail.test", "b@tempfail.test", "c@reject.test"] {
+        let event = verify_event(to, "en", "https://acc.example/v");
+        broker.publish(&env.topology, &event.to_vec()).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            waiting(port, "retry").await == 2.0 && waiting(port, "dead").await == 1.0
+        })
+        .await,
+        "two mails wait in the retry queue, one in the dead letters: retry {}, dead {}",
+        waiting(port, "retry").await,
+        waiting(port, "dead").await
+    );
+    assert_eq!(waiting(port, "work").await, 0.0);
+    assert_eq!(
+        broker
+            .count(&env.topology.retry_queue(Duration::from_secs(3600)))
+            .await,
+        Some(2),
+        "as the broker says"
+    );
+}
