@@ -35,6 +35,10 @@ async fn login_me_logout() {
     );
     let me: Value = app.me().await.json().await.unwrap();
     assert_eq!(me["email"], "seoyeon@example.com");
+    assert_eq!(
+        app.metric("account_logins_total{outcome=\"ok\"}").await,
+        1.0
+    );
 
     // The database holds only a hash of the cookie's token.
     let token = cookie
@@ -116,6 +120,11 @@ async fn an_unverified_account_answers_like_a_wrong_password_and_gets_its_link_a
         "unverified account = wrong password"
     );
     assert_eq!(app.me().await.status(), 401);
+    // Only the operator's metric tells them apart.
+    for (outcome, n) in [("bad-credentials", 2.0), ("not-verified", 1.0), ("ok", 0.0)] {
+        let series = format!("account_logins_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(app.metric(&series).await, n, "{series}");
+    }
 
     // The right password on the unverified account sent the link again.
     let again = app.next_event(WAIT).await;
