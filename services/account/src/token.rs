@@ -426,6 +426,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn tokens_up_to_the_length_bound_open_and_longer_ones_are_refused_unread() {
+        let ring = KeyRing::ephemeral();
+        // Grow the address until the token is exactly MAX_TOKEN_LEN long.
+        let sized = |local: usize| {
+            let c = Claims {
+                email: format!("{}@example.com", "a".repeat(local)),
+                ..claims(now())
+            };
+            (ring.seal(VERIFY_EMAIL, &c), c)
+        };
+        let (at_bound, c) = (1..MAX_TOKEN_LEN)
+            .map(sized)
+            .find(|(t, _)| t.len() == MAX_TOKEN_LEN)
+            .expect("some address gives a token of exactly the bound");
+        assert_eq!(ring.open(VERIFY_EMAIL, &at_bound, now()), Ok(c.clone()));
+        // One byte more in the address and it is refused before decoding,
+        // although it is authentic.
+        let over = ring.seal(
+            VERIFY_EMAIL,
+            &Claims {
+                email: format!("a{}", c.email),
+                ..c
+            },
+        );
+        assert!(over.len() > MAX_TOKEN_LEN);
+        assert_eq!(
+            ring.open(VERIFY_EMAIL, &over, now()),
+            Err(TokenError::Malformed)
+        );
+    }
+
     /// A v1 token as the previous release sealed it (no binding field).
     fn seal_v1(ring: &KeyRing, purpose: &str, c: &Claims) -> String {
         let (kid, cipher) = &ring.keys[0];
@@ -527,8 +559,10 @@ mod tests {
             KeyRing::parse(&format!("{k},{k}")).unwrap_err(),
             KeyRingError::Duplicate(_)
         ));
-        // Debug never shows key material.
+        // Debug never shows key material, only the key ids.
         let ring = KeyRing::parse(&k).unwrap();
-        assert!(!format!("{ring:?}").contains(k.split(':').nth(1).unwrap()));
+        let shown = format!("{ring:?}");
+        assert!(!shown.contains(k.split(':').nth(1).unwrap()));
+        assert!(shown.contains("kids: [\"k\"]"), "{shown}");
     }
 }
