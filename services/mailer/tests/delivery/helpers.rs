@@ -377,3 +377,33 @@ pub fn peak_rss(pid: u32) -> u64 {
         .map(|kb| kb * 1024)
         .expect("VmHWM in /proc/<pid>/status")
 }
+
+/// A `MAILER_BIND` of the test's own: (the port, the variable's value).
+pub fn metrics_bind() -> (u16, String) {
+    let port = free_port();
+    (port, format!("127.0.0.1:{port}"))
+}
+
+/// The mailer's `/metrics` page on `port` (empty while it does not answer).
+pub async fn scrape(port: u16) -> String {
+    match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The value of one series on the mailer's `/metrics`: `series` is the name
+/// with its labels exactly as exported (`name{a="x",b="y"}`); None while
+/// the series (or the page) is missing.
+pub async fn series(port: u16, series: &str) -> Option<f64> {
+    scrape(port)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `mailer_messages_total{template, outcome}` on the mailer at `port`.
+pub async fn messages(port: u16, template: &str, outcome: &str) -> Option<f64> {
+    let name = format!("mailer_messages_total{{template=\"{template}\",outcome=\"{outcome}\"}}");
+    series(port, &name).await
+}

@@ -585,15 +585,19 @@ async fn with_a_shared_store_an_event_another_mailer_sent_is_not_sent_again() {
 
     // Another mailer (its own memory is empty) gets the same event again, as
     // after the first one died between the SMTP 250 and its ack.
-    let _second = env.mailer(&[("MAILER_DEDUPE_URL", &store)]).await;
+    let (port, bind) = metrics_bind();
+    let _second = env
+        .mailer(&[("MAILER_DEDUPE_URL", &store), ("MAILER_BIND", &bind)])
+        .await;
     broker.publish(&env.topology, &event.to_vec()).await;
-    let queue = env.topology.queue();
     assert!(
         wait_until(Duration::from_secs(20), || async {
-            broker.count(&queue).await == Some(0)
+            messages(port, "verify_email", "duplicate").await == Some(1.0)
         })
-        .await
+        .await,
+        "the second mailer counts the copy as a duplicate"
     );
+    assert_eq!(env.received().len(), 1, "not mailed again");
     let other = verify_event("other@example.com", "en", "https://acc.example/w");
     broker.publish(&env.topology, &other.to_vec()).await;
     let mails = env.wait_for_mail(2, Duration::from_secs(20)).await;

@@ -349,22 +349,28 @@ async fn pooled_connections_the_server_closed_while_idle_are_replaced() {
 async fn an_event_id_already_accepted_by_smtp_is_not_mailed_twice() {
     let env = Env::new();
     let _smtp = env.smtp().await;
-    let _mailer = env.mailer(&[]).await;
+    let (port, bind) = metrics_bind();
+    let _mailer = env.mailer(&[("MAILER_BIND", &bind)]).await;
     let broker = Broker::connect().await;
+    // Registered at zero: the first duplicate is an increase, not a new series.
+    assert_eq!(messages(port, "verify_email", "duplicate").await, Some(0.0));
     let event = verify_event("once@example.com", "en", "https://acc.example/v");
     // A publisher's retry after a lost confirm, or a redelivery after a lost ack.
     broker.publish(&env.topology, &event.to_vec()).await;
     assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
     broker.publish(&env.topology, &event.to_vec()).await;
-    let queue = env.topology.queue();
+    // The mailer's own word that it handled the copy as a duplicate...
     assert!(
-        wait_until(Duration::from_secs(10), || async {
-            broker.count(&queue).await == Some(0)
+        wait_until(Duration::from_secs(20), || async {
+            messages(port, "verify_email", "duplicate").await == Some(1.0)
         })
-        .await
+        .await,
+        "the second copy is counted as a duplicate"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...and then the server still holds exactly one mail.
     assert_eq!(env.received().len(), 1, "acked as a duplicate, not sent");
+    assert_eq!(messages(port, "verify_email", "sent").await, Some(1.0));
+    assert_eq!(broker.count(&env.topology.queue()).await, Some(0));
     assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
 }
 
@@ -372,7 +378,8 @@ async fn an_event_id_already_accepted_by_smtp_is_not_mailed_twice() {
 async fn a_broker_drop_during_an_smtp_send_does_not_mail_twice() {
     let env = Env::new();
     let _smtp = env.smtp().await;
-    let mailer = env.mailer(&[]).await;
+    let (port, bind) = metrics_bind();
+    let mailer = env.mailer(&[("MAILER_BIND", &bind)]).await;
     let broker = Broker::connect().await;
     // The server takes this mail at once but answers 250 only 4 s later.
     let event = verify_event("late@slow.test", "en", "https://acc.example/v");
@@ -381,19 +388,21 @@ async fn a_broker_drop_during_an_smtp_send_does_not_mail_twice() {
     // The broker drops the mailer while it waits for that 250: the ack will
     // fail and the broker redelivers the event after the reconnect.
     broker_drops_connection_of(mailer.child.id().unwrap());
-    let queue = env.topology.queue();
+    // Waits for the mailer to say it recognised the redelivery, however long
+    // the late 250 and the reconnect take.
     assert!(
-        wait_until(Duration::from_secs(20), || async {
-            broker.count(&queue).await == Some(0)
+        wait_until(Duration::from_secs(30), || async {
+            messages(port, "verify_email", "duplicate").await == Some(1.0)
         })
-        .await
+        .await,
+        "the redelivery is counted as a duplicate"
     );
-    tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
         env.received().len(),
         1,
         "the redelivery was recognised as already sent"
     );
+    assert_eq!(broker.count(&env.topology.queue()).await, Some(0));
     assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
 }
 
