@@ -407,3 +407,34 @@ pub async fn messages(port: u16, template: &str, outcome: &str) -> Option<f64> {
     let name = format!("mailer_messages_total{{template=\"{template}\",outcome=\"{outcome}\"}}");
     series(port, &name).await
 }
+
+/// The type the broker declared (`classic`, `quorum`) for the work queue,
+/// the dead-letter queue and the retry queue of each delay of `ladder`
+/// (`MAILER_RETRY_DELAYS` spelling), by name; a queue the broker does not
+/// list is missing from the map.
+pub fn queue_types(t: &Topology, ladder_spec: &str) -> std::collections::BTreeMap<String, String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name", "type"])
+        .output()
+        .expect("rabbitmqctl (the machine's RabbitMQ)");
+    assert!(out.status.success(), "{out:?}");
+    let mut wanted = vec![t.queue(), t.dead_queue()];
+    wanted.extend(ladder(ladder_spec).into_iter().map(|d| t.retry_queue(d)));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(name, _)| wanted.iter().any(|w| w == name))
+        .map(|(name, kind)| (name.to_owned(), kind.trim().to_owned()))
+        .collect()
+}
+
+/// [`queue_types`] as it must be when every queue was declared `kind`.
+pub fn all_queues_of_type(
+    t: &Topology,
+    ladder_spec: &str,
+    kind: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let mut names = vec![t.queue(), t.dead_queue()];
+    names.extend(ladder(ladder_spec).into_iter().map(|d| t.retry_queue(d)));
+    names.into_iter().map(|n| (n, kind.to_owned())).collect()
+}

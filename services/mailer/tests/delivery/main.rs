@@ -47,7 +47,8 @@ fn long_link() -> String {
 async fn delivers_a_korean_verification_mail_over_starttls_with_auth() {
     let env = Env::new();
     let _smtp = env.smtp().await;
-    let _mailer = env.mailer(&[]).await;
+    let (port, bind) = metrics_bind();
+    let _mailer = env.mailer(&[("MAILER_BIND", &bind)]).await;
     let broker = Broker::connect().await;
     let link = long_link();
     let event = verify_event("minsu@example.com", "ko", &link);
@@ -78,6 +79,20 @@ async fn delivers_a_korean_verification_mail_over_starttls_with_auth() {
         "the link is intact in the HTML part:\n{html}"
     );
     assert!(html.contains("김민수님"));
+    // The latency histograms the alerts read each hold this one mail.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            messages(port, "verify_email", "sent").await == Some(1.0)
+        })
+        .await
+    );
+    for histogram in [
+        "mailer_smtp_seconds_count{channel=\"smtp\"}",
+        "mailer_delivery_seconds_count",
+        "mailer_queue_lag_seconds_count",
+    ] {
+        assert_eq!(series(port, histogram).await, Some(1.0), "{histogram}");
+    }
     // Nothing left behind in any queue.
     assert_eq!(broker.count(&env.topology.queue()).await, Some(0));
     assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
@@ -165,12 +180,25 @@ async fn a_server_that_is_down_then_up_gets_the_mail_once_after_retries() {
 async fn permanent_and_exhausted_failures_are_dead_lettered_with_their_reason() {
     let env = Env::new();
     let _smtp = env.smtp().await;
-    let _mailer = env.mailer(&[]).await;
-    let broker = Broker::connect().await;
+    let (port, bind) = metrics_bind();
+    let _mailer = env.mailer(&[("MAILER_BIND", &bind)]).await;
+    // Without MAILER_QUEUE_TYPE every queue is a classic one.
+    assert_eq!(
+        queue_types(&env.topology, RETRIES),
+        all_queues_of_type(&env.topology, RETRIES, "classic")
+    );
+    // Published by a service's own broker user, proven by the AMQP user_id.
+    let account = BrokerUser::create("account");
+    let broker = Broker::connect_as(&account).await;
     let rejected = verify_event("nobody@reject.test", "en", "https://x.example/v");
     let tempfail = verify_event("busy@tempfail.test", "en", "https://x.example/v");
-    broker.publish(&env.topology, &rejected.to_vec()).await;
-    broker.publish(&env.topology, &tempfail.to_vec()).await;
+    let before = Utc::now();
+    for e in [&rejected, &tempfail] {
+        broker
+            .try_publish(&env.topology, &e.to_vec(), Some(&account.name))
+            .await
+            .unwrap();
+    }
     let dead = env.topology.dead_queue();
     assert!(
         wait_until(Duration::from_secs(20), || async {
@@ -178,23 +206,62 @@ async fn permanent_and_exhausted_failures_are_dead_lettered_with_their_reason() 
         })
         .await
     );
+    // What the alerts key on moved, with the template's label.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            messages(port, "verify_email", "dead").await == Some(2.0)
+        })
+        .await,
+        "two dead letters counted: {:?}",
+        messages(port, "verify_email", "dead").await
+    );
+    assert_eq!(
+        messages(port, "verify_email", "retried").await,
+        Some(3.0),
+        "the 451 climbed three rungs"
+    );
+    assert_eq!(messages(port, "verify_email", "sent").await, Some(0.0));
     let mut letters = broker.drain(&dead).await;
+    let after = Utc::now();
     letters.sort_by_key(|(p, _)| header(p, "x-attempt"));
+    let dead_at = |p: &lapin::BasicProperties| {
+        let at = header(p, "x-dead-at").expect("x-dead-at");
+        let at = chrono::DateTime::parse_from_rfc3339(&at).expect("x-dead-at is RFC 3339");
+        assert!(before <= at && at <= after, "{at} within the test");
+    };
+
     let (p, body) = &letters[0];
     assert_eq!(MailSend::from_slice(body).unwrap().id, rejected.id);
-    let reason = header(p, "x-dead-reason").unwrap();
-    assert!(reason.starts_with("permanent: SMTP 550"), "{reason}");
+    let last_error = header(p, "x-last-error").unwrap();
+    assert!(last_error.starts_with("SMTP 550"), "{last_error}");
+    assert_eq!(
+        header(p, "x-dead-reason").unwrap(),
+        format!("permanent: {last_error}")
+    );
     assert_eq!(
         header(p, "x-attempt").as_deref(),
         Some("1"),
         "a 5xx is not retried"
     );
+    dead_at(p);
+    assert_eq!(
+        header(p, "x-published-by").as_deref(),
+        Some(account.name.as_str())
+    );
+
     let (p, body) = &letters[1];
     assert_eq!(MailSend::from_slice(body).unwrap().id, tempfail.id);
-    let reason = header(p, "x-dead-reason").unwrap();
-    assert!(
-        reason.starts_with("retries exhausted after 4 attempts: SMTP 451"),
-        "{reason}"
+    let last_error = header(p, "x-last-error").unwrap();
+    assert!(last_error.starts_with("SMTP 451"), "{last_error}");
+    assert_eq!(
+        header(p, "x-dead-reason").unwrap(),
+        format!("retries exhausted after 4 attempts: {last_error}")
+    );
+    assert_eq!(header(p, "x-attempt").as_deref(), Some("4"));
+    dead_at(p);
+    assert_eq!(
+        header(p, "x-published-by").as_deref(),
+        Some(account.name.as_str())
     );
     assert!(env.received().is_empty());
 }

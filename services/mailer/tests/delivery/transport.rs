@@ -128,6 +128,12 @@ async fn on_quorum_queues_mail_is_delivered_and_retries_come_back() {
     let env = Env::new();
     let _smtp = env.smtp().await;
     let _mailer = env.mailer(&[("MAILER_QUEUE_TYPE", "quorum")]).await;
+    // The broker itself says so: the work queue, every rung of the retry
+    // ladder and the dead letters are quorum queues.
+    assert_eq!(
+        queue_types(&env.topology, RETRIES),
+        all_queues_of_type(&env.topology, RETRIES, "quorum")
+    );
     let broker = Broker::connect().await;
     let good = verify_event("q@example.com", "ko", "https://acc.example/verify?token=q");
     let busy = verify_event(
@@ -308,7 +314,16 @@ fn broker_drops_connection_of(pid: u32) {
 async fn the_worker_reconnects_when_the_broker_drops_its_connection() {
     let env = Env::new();
     let _smtp = env.smtp().await;
-    let mailer = env.mailer(&[]).await;
+    // The mailer reaches the broker through a proxy the test can cut.
+    let mut proxy = testkit::proxy::Proxy::start(0, "127.0.0.1:5672").await;
+    let proxy_port = proxy.port;
+    let url = format!("amqp://guest:guest@127.0.0.1:{proxy_port}/%2f");
+    let (port, bind) = metrics_bind();
+    let mailer = env
+        .mailer(&[("MAILER_AMQP_URL", &url), ("MAILER_BIND", &bind)])
+        .await;
+    let connected = "mailer_broker_connected";
+    assert_eq!(series(port, connected).await, Some(1.0));
     let broker = Broker::connect().await;
     let first = verify_event("one@example.com", "en", "https://acc.example/v1");
     broker.publish(&env.topology, &first.to_vec()).await;
@@ -320,6 +335,30 @@ async fn the_worker_reconnects_when_the_broker_drops_its_connection() {
     let mails = env.wait_for_mail(2, Duration::from_secs(20)).await;
     assert_eq!(mails.len(), 2, "consuming again after the reconnect");
     assert_eq!(mails[1]["rcpt_tos"][0], "two@example.com");
+
+    // The broker out of reach: the gauge the alert reads goes to 0 and stays
+    // there until the broker is back, then returns to 1.
+    proxy.cut();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            series(port, connected).await == Some(0.0)
+        })
+        .await,
+        "mailer_broker_connected is 0 while the broker is unreachable"
+    );
+    let _proxy = testkit::proxy::Proxy::start(proxy_port, "127.0.0.1:5672").await;
+    assert!(
+        wait_until(Duration::from_secs(40), || async {
+            series(port, connected).await == Some(1.0)
+        })
+        .await,
+        "mailer_broker_connected is 1 again after the reconnect"
+    );
+    let third = verify_event("three@example.com", "en", "https://acc.example/v3");
+    broker.publish(&env.topology, &third.to_vec()).await;
+    let mails = env.wait_for_mail(3, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 3, "consuming again after the broker came back");
+    assert_eq!(mails[2]["rcpt_tos"][0], "three@example.com");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
