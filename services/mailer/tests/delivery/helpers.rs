@@ -438,3 +438,16 @@ pub fn all_queues_of_type(
     names.extend(ladder(ladder_spec).into_iter().map(|d| t.retry_queue(d)));
     names.into_iter().map(|n| (n, kind.to_owned())).collect()
 }
+
+impl Env {
+    /// Runs the mailer binary's CLI (`dead list`, `dead requeue ...`) with
+    /// this test's environment, to its end.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mailer"));
+        cmd.args(args).env_clear();
+        for (k, v) in self.mailer_env() {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+}

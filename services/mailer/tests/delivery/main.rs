@@ -443,6 +443,94 @@ async fn dead_letters_can_be_listed_and_requeued_after_the_cause_is_fixed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_all_brings_back_every_dead_letter_and_each_climbs_the_whole_ladder_again() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let mailer = env.mailer(&[]).await;
+    let broker = Broker::connect().await;
+    // The cause (451) is not fixed: what comes back fails the same way.
+    let events: Vec<MailSend> = (0..3)
+        .map(|i| {
+            verify_event(
+                &format!("busy{i}@tempfail.test"),
+                "en",
+                "https://x.example/v",
+            )
+        })
+        .collect();
+    for e in &events {
+        broker.publish(&env.topology, &e.to_vec()).await;
+    }
+    let dead = env.topology.dead_queue();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            broker.count(&dead).await == Some(3)
+        })
+        .await
+    );
+    // No worker while the CLI runs: the requeued letters stay where it put them.
+    assert!(mailer.terminate().await.success());
+    let requeue = env.cli(&["dead", "requeue", "--all"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&requeue.stdout),
+        String::from_utf8_lossy(&requeue.stderr),
+    );
+    assert!(requeue.status.success(), "{stderr}");
+    assert!(stderr.contains("3 requeued"), "{stderr}");
+    for e in &events {
+        assert!(stdout.contains(&format!("requeued {}", e.id)), "{stdout}");
+    }
+    assert_eq!(
+        broker.count(&dead).await,
+        Some(0),
+        "the dead queue is empty"
+    );
+    assert_eq!(
+        broker.count(&env.topology.queue()).await,
+        Some(3),
+        "every dead letter is back in the work queue"
+    );
+
+    // Each starts the ladder from its first rung: 3 retries again (4
+    // attempts), not a dead letter at its first failure.
+    let (port, bind) = metrics_bind();
+    let _again = env.mailer(&[("MAILER_BIND", &bind)]).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            messages(port, "verify_email", "dead").await == Some(3.0)
+        })
+        .await,
+        "all three dead-lettered again"
+    );
+    assert_eq!(
+        messages(port, "verify_email", "retried").await,
+        Some(9.0),
+        "three retries each after the requeue"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            broker.count(&dead).await == Some(3)
+        })
+        .await
+    );
+    let letters = broker.drain(&dead).await;
+    let ids: HashSet<_> = letters
+        .iter()
+        .map(|(_, body)| MailSend::from_slice(body).unwrap().id)
+        .collect();
+    assert_eq!(ids, events.iter().map(|e| e.id).collect::<HashSet<_>>());
+    for (p, _) in &letters {
+        assert_eq!(header(p, "x-attempt").as_deref(), Some("4"));
+        let reason = header(p, "x-dead-reason").unwrap();
+        assert!(
+            reason.starts_with("retries exhausted after 4 attempts: SMTP 451"),
+            "{reason}"
+        );
+    }
+    assert!(env.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_variable_stops_the_start_with_one_line_naming_it() {
     for (var, value) in [
         ("MAILER_SMTP_URL", "http://nope"),
