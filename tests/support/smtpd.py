@@ -31,6 +31,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 from email import policy
 from email.parser import BytesParser
 
@@ -127,6 +128,8 @@ class Recorder:
             "text": text.get_content() if text is not None else None,
             "html": html.get_content() if html is not None else None,
             "peak_sessions": CountingSMTP.peak,
+            # When the DATA arrived (Unix seconds): tests measure spans.
+            "received_at": time.time(),
         }
         tmp = os.path.join(self.out, f".{n}.tmp")
         with open(os.path.join(self.out, f"{n}.eml"), "wb") as f:

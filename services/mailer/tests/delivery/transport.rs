@@ -277,18 +277,38 @@ async fn the_send_rate_limit_paces_delivery() {
     let _smtp = env.smtp().await;
     let _mailer = env.mailer(&[("MAILER_SEND_RATE", "4")]).await;
     let broker = Broker::connect().await;
-    let started = std::time::Instant::now();
-    for i in 0..12 {
+    let n = 20;
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let published = unix_now();
+    for i in 0..n {
         let e = verify_event(&format!("r{i}@example.com"), "en", "https://acc.example/v");
         broker.publish(&env.topology, &e.to_vec()).await;
     }
-    let mails = env.wait_for_mail(12, Duration::from_secs(30)).await;
-    assert_eq!(mails.len(), 12);
-    // A burst of 4, then 8 more at 4 per second.
+    let mails = env.wait_for_mail(n, Duration::from_secs(40)).await;
+    assert_eq!(mails.len(), n);
+    // A burst of 4, then 16 more at 4 per second: the last one goes about
+    // 4 s after the first. Paced: not within 3.6 s of the first publish.
+    // Not over-throttled: the server's first to last well under the 9 s
+    // that half the rate would take.
+    let at = |m: &serde_json::Value| m["received_at"].as_f64().unwrap();
+    let (first, last) = mails
+        .iter()
+        .map(at)
+        .fold((f64::MAX, f64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    let paced = last - published;
     assert!(
-        started.elapsed() >= Duration::from_millis(1800),
-        "{:?}",
-        started.elapsed()
+        paced >= 3.6,
+        "paced at 4/s: the last mail {paced:.2} s after publishing"
+    );
+    let span = last - first;
+    assert!(
+        span < 6.5,
+        "not slower than 4/s: {span:.2} s from first to last"
     );
 }
 
