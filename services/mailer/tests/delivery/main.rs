@@ -531,6 +531,53 @@ async fn requeue_all_brings_back_every_dead_letter_and_each_climbs_the_whole_lad
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_template_overrides_an_embedded_one_in_the_mail_sent() {
+    let env = Env::new();
+    // The operator's own verify_email/en, every part of it.
+    let dir = env.dir.join("templates/verify_email/en");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("subject.txt"),
+        "[OP] {{ brand }}: confirm, {{ name }}",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("body.html"),
+        "<p class=\"op\">OPERATOR HTML for {{ name }}: <a href=\"{{ verify_url }}\">confirm</a></p>\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("body.txt"),
+        "OPERATOR TEXT for {{ name }}: {{ verify_url }}\n",
+    )
+    .unwrap();
+    let _smtp = env.smtp().await;
+    let templates = env.dir.join("templates");
+    let _mailer = env
+        .mailer(&[
+            ("MAILER_TEMPLATE_DIR", templates.to_str().unwrap()),
+            ("MAILER_BRAND", "Shop"),
+        ])
+        .await;
+    let broker = Broker::connect().await;
+    let link = "https://acc.example/verify?token=v1.k.operator";
+    let event = verify_event("op@example.com", "en", link);
+    broker.publish(&env.topology, &event.to_vec()).await;
+    let mails = env.wait_for_mail(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    let m = &mails[0];
+    assert_eq!(m["subject"], "[OP] Shop: confirm, 김민수");
+    assert_eq!(
+        m["html"].as_str().unwrap().trim(),
+        format!("<p class=\"op\">OPERATOR HTML for 김민수: <a href=\"{link}\">confirm</a></p>")
+    );
+    assert_eq!(
+        m["text"].as_str().unwrap().trim(),
+        format!("OPERATOR TEXT for 김민수: {link}")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_variable_stops_the_start_with_one_line_naming_it() {
     for (var, value) in [
         ("MAILER_SMTP_URL", "http://nope"),
