@@ -451,3 +451,12 @@ impl Env {
         cmd.output().unwrap()
     }
 }
+
+impl Env {
+    /// The SMTP server's session counts now (`open`, `peak`, `ended`), from
+    /// the `sessions.json` it rewrites on every change; None before it wrote one.
+    pub fn smtp_sessions(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.inbox().join("sessions.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}

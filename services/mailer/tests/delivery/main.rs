@@ -153,9 +153,20 @@ async fn a_raw_event_from_another_language_is_delivered_as_given() {
 async fn a_server_that_is_down_then_up_gets_the_mail_once_after_retries() {
     let env = Env::new();
     drop(env.smtp().await); // make the CA, then stop: the server is down
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let smtp = format!("127.0.0.1:{}", env.smtp_port);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(&smtp).await.is_err()
+        })
+        .await,
+        "the SMTP server is down"
+    );
+    let (port, bind) = metrics_bind();
     let _mailer = env
-        .mailer(&[("MAILER_RETRY_DELAYS", "500ms,1s,2s,4s,8s")])
+        .mailer(&[
+            ("MAILER_RETRY_DELAYS", "500ms,1s,2s,4s,8s"),
+            ("MAILER_BIND", &bind),
+        ])
         .await;
     let broker = Broker::connect().await;
     let event = verify_event(
@@ -164,13 +175,22 @@ async fn a_server_that_is_down_then_up_gets_the_mail_once_after_retries() {
         "http://127.0.0.1:8080/verify?token=v1.k.x",
     );
     broker.publish(&env.topology, &event.to_vec()).await;
-    // Give it time to fail at least twice.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // It failed at least twice: two retries counted.
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            messages(port, "verify_email", "retried")
+                .await
+                .is_some_and(|n| n >= 2.0)
+        })
+        .await,
+        "retried while the server is down"
+    );
     assert!(env.received().is_empty());
     let _smtp = env.smtp().await;
     let mails = env.wait_for_mail(1, Duration::from_secs(30)).await;
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0]["subject"], "Confirm your e-mail address");
+    // Nothing to wait on for "no second copy": a fixed look after 2 s.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(env.received().len(), 1, "delivered once");
     assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
@@ -356,6 +376,7 @@ async fn sigterm_during_a_burst_loses_nothing() {
     // A new mailer finishes the rest; each mail arrives exactly once.
     let _again = env.mailer(&[]).await;
     let mails = env.wait_for_mail(n, Duration::from_secs(60)).await;
+    // Nothing to wait on for "no duplicate arrives": a fixed look after 0.5 s.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got: Vec<String> = env
         .received()

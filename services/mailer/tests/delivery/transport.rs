@@ -219,7 +219,13 @@ async fn sigterm_while_the_broker_never_answers_still_exits_in_bounded_time() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The mailer connected and is waiting inside the AMQP handshake.
+    silent.set_nonblocking(true).unwrap();
+    let silent = tokio::net::TcpListener::from_std(silent).unwrap();
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept())
+        .await
+        .expect("the mailer connects to the broker")
+        .unwrap();
     let started = std::time::Instant::now();
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().unwrap().to_string()])
@@ -399,8 +405,14 @@ async fn pooled_connections_the_server_closed_while_idle_are_replaced() {
     let first = verify_event("idle1@example.com", "en", "https://acc.example/v1");
     broker.publish(&env.topology, &first.to_vec()).await;
     assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
-    // The server hangs up on the pooled session.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The server hangs up on the pooled session once it idled for 0.5 s.
+    let hung_up = || env.smtp_sessions().unwrap()["timed_out"].as_u64().unwrap();
+    let before = hung_up();
+    assert!(
+        wait_until(Duration::from_secs(20), || async { hung_up() > before }).await,
+        "the server hung up on the idle session: {:?}",
+        env.smtp_sessions()
+    );
     let second = verify_event("idle2@example.com", "en", "https://acc.example/v2");
     broker.publish(&env.topology, &second.to_vec()).await;
     let mails = env.wait_for_mail(2, Duration::from_secs(10)).await;
@@ -482,7 +494,9 @@ async fn even_at_debug_level_the_log_holds_no_password_and_no_link() {
     for (k, v) in env.mailer_env() {
         cmd.env(k, v);
     }
+    let (port, bind) = metrics_bind();
     let child = cmd
+        .env("MAILER_BIND", &bind)
         .env("RUST_LOG", "debug")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -501,7 +515,13 @@ async fn even_at_debug_level_the_log_holds_no_password_and_no_link() {
     let event = verify_event("private@example.com", "en", &link);
     broker.publish(&env.topology, &event.to_vec()).await;
     assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Counted once acked, after the "mail sent" line: the whole delivery is logged.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            messages(port, "verify_email", "sent").await == Some(1.0)
+        })
+        .await
+    );
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().unwrap().to_string()])
         .status()
