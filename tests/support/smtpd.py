@@ -14,8 +14,9 @@ after, so a client started with SSL_CERT_FILE=PKI/ca.pem trusts every
 restart). Every accepted message is saved as OUT/<n>.eml plus OUT/<n>.json
 (decoded by Python's email package: subject, text and html parts, headers,
 the most SMTP sessions that were open at once so far, and when its DATA
-arrived). OUT/sessions.json holds the sessions open now, the most open at
-once, how many ended and how many the server hung up on for idling,
+arrived). OUT/sessions.state (JSON, but not named *.json: readers of OUT
+take every *.json for a mail) holds the sessions open now, the most open
+at once, how many ended and how many the server hung up on for idling,
 rewritten on every change.
 Recipients at reject.test get 550, at tempfail.test 451, and at stall.test
 no answer at all (the server hangs that session), at hangup.test the
@@ -45,7 +46,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 class CountingSMTP(SMTP):
     """Counts the sessions open at once, so tests can check a client's limit,
     and writes the counts (open, peak, ended and timed out so far) to
-    OUT/sessions.json on every change, so tests can wait for them."""
+    OUT/sessions.state on every change, so tests can wait for them."""
 
     open = 0
     peak = 0
@@ -63,7 +64,7 @@ class CountingSMTP(SMTP):
                 {"open": cls.open, "peak": cls.peak, "ended": cls.ended, "timed_out": cls.timed_out},
                 f,
             )
-        os.replace(tmp, os.path.join(cls.out, "sessions.json"))
+        os.replace(tmp, os.path.join(cls.out, "sessions.state"))
 
     def _timeout_cb(self):
         # The server hangs up on an idle session (--idle-timeout). Over TLS

@@ -454,9 +454,9 @@ impl Env {
 
 impl Env {
     /// The SMTP server's session counts now (`open`, `peak`, `ended`), from
-    /// the `sessions.json` it rewrites on every change; None before it wrote one.
+    /// the `sessions.state` it rewrites on every change; None before it wrote one.
     pub fn smtp_sessions(&self) -> Option<Value> {
-        let text = std::fs::read_to_string(self.inbox().join("sessions.json")).ok()?;
+        let text = std::fs::read_to_string(self.inbox().join("sessions.state")).ok()?;
         serde_json::from_str(&text).ok()
     }
 }
