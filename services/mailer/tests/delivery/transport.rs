@@ -318,6 +318,18 @@ async fn the_send_rate_limit_paces_delivery() {
     );
 }
 
+/// The broker proxy on `port` again, once the cut one let go of the port.
+async fn proxy_again(port: u16) -> testkit::proxy::Proxy {
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        })
+        .await,
+        "port {port} is free again"
+    );
+    testkit::proxy::Proxy::start(port, "127.0.0.1:5672").await
+}
+
 /// Closes the broker connection named `mailer@<pid>` from the broker's side.
 fn broker_drops_connection_of(pid: u32) {
     let out = std::process::Command::new("rabbitmqctl")
@@ -380,7 +392,7 @@ async fn the_worker_reconnects_when_the_broker_drops_its_connection() {
         .await,
         "mailer_broker_connected is 0 while the broker is unreachable"
     );
-    let _proxy = testkit::proxy::Proxy::start(proxy_port, "127.0.0.1:5672").await;
+    let _proxy = proxy_again(proxy_port).await;
     assert!(
         wait_until(Duration::from_secs(40), || async {
             series(port, connected).await == Some(1.0)
@@ -458,15 +470,24 @@ async fn a_broker_drop_during_an_smtp_send_does_not_mail_twice() {
     let env = Env::new();
     let _smtp = env.smtp().await;
     let (port, bind) = metrics_bind();
-    let mailer = env.mailer(&[("MAILER_BIND", &bind)]).await;
+    // The mailer reaches the broker through a proxy: cutting it drops the
+    // connection at once (rabbitmqctl takes seconds, which can miss the
+    // window below).
+    let mut proxy = testkit::proxy::Proxy::start(0, "127.0.0.1:5672").await;
+    let proxy_port = proxy.port;
+    let url = format!("amqp://guest:guest@127.0.0.1:{proxy_port}/%2f");
+    let _mailer = env
+        .mailer(&[("MAILER_AMQP_URL", &url), ("MAILER_BIND", &bind)])
+        .await;
     let broker = Broker::connect().await;
     // The server takes this mail at once but answers 250 only 4 s later.
     let event = verify_event("late@slow.test", "en", "https://acc.example/v");
     broker.publish(&env.topology, &event.to_vec()).await;
     assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
-    // The broker drops the mailer while it waits for that 250: the ack will
-    // fail and the broker redelivers the event after the reconnect.
-    broker_drops_connection_of(mailer.child.id().unwrap());
+    // The broker connection drops while the mailer waits for that 250: the
+    // ack will fail and the broker redelivers the event after the reconnect.
+    proxy.cut();
+    let _proxy = proxy_again(proxy_port).await;
     // Waits for the mailer to say it recognised the redelivery, however long
     // the late 250 and the reconnect take.
     assert!(
