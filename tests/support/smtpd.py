@@ -13,7 +13,11 @@ PKI holds ca.pem/cert.pem/key.pem (made with trustme on first use, reused
 after, so a client started with SSL_CERT_FILE=PKI/ca.pem trusts every
 restart). Every accepted message is saved as OUT/<n>.eml plus OUT/<n>.json
 (decoded by Python's email package: subject, text and html parts, headers,
-and the most SMTP sessions that were open at once so far).
+the most SMTP sessions that were open at once so far, and when its DATA
+arrived). OUT/sessions.state (JSON, but not named *.json: readers of OUT
+take every *.json for a mail) holds the sessions open now, the most open
+at once, how many ended and how many the server hung up on for idling,
+rewritten on every change.
 Recipients at reject.test get 550, at tempfail.test 451, and at stall.test
 no answer at all (the server hangs that session), at hangup.test the
 connection is cut instead of an answer; mail to slow.test is
@@ -31,6 +35,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 from email import policy
 from email.parser import BytesParser
 
@@ -39,18 +44,46 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 class CountingSMTP(SMTP):
-    """Counts the sessions open at once, so tests can check a client's limit."""
+    """Counts the sessions open at once, so tests can check a client's limit,
+    and writes the counts (open, peak, ended and timed out so far) to
+    OUT/sessions.state on every change, so tests can wait for them."""
 
     open = 0
     peak = 0
+    ended = 0
+    timed_out = 0
+    out = None
+
+    @classmethod
+    def report(cls):
+        if cls.out is None:
+            return
+        tmp = os.path.join(cls.out, ".sessions.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(
+                {"open": cls.open, "peak": cls.peak, "ended": cls.ended, "timed_out": cls.timed_out},
+                f,
+            )
+        os.replace(tmp, os.path.join(cls.out, "sessions.state"))
+
+    def _timeout_cb(self):
+        # The server hangs up on an idle session (--idle-timeout). Over TLS
+        # the session ends only once the client answers the TLS shutdown
+        # (or after asyncio's 30 s): `timed_out` counts the hang-ups.
+        CountingSMTP.timed_out += 1
+        CountingSMTP.report()
+        super()._timeout_cb()
 
     async def _handle_client(self):
         CountingSMTP.open += 1
         CountingSMTP.peak = max(CountingSMTP.peak, CountingSMTP.open)
+        CountingSMTP.report()
         try:
             await super()._handle_client()
         finally:
             CountingSMTP.open -= 1
+            CountingSMTP.ended += 1
+            CountingSMTP.report()
 
 
 class CountingController(Controller):
@@ -83,7 +116,11 @@ class Recorder:
         self.tempfail = tempfail
         os.makedirs(out, exist_ok=True)
         # A restarted server keeps numbering after what is already there.
-        taken = [int(n.split(".")[0]) for n in os.listdir(out) if n.endswith(".json")]
+        taken = [
+            int(n.split(".")[0])
+            for n in os.listdir(out)
+            if n.endswith(".json") and n.split(".")[0].isdigit()
+        ]
         self.counter = itertools.count(max(taken, default=0) + 1)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -127,6 +164,8 @@ class Recorder:
             "text": text.get_content() if text is not None else None,
             "html": html.get_content() if html is not None else None,
             "peak_sessions": CountingSMTP.peak,
+            # When the DATA arrived (Unix seconds): tests measure spans.
+            "received_at": time.time(),
         }
         tmp = os.path.join(self.out, f".{n}.tmp")
         with open(os.path.join(self.out, f"{n}.eml"), "wb") as f:
@@ -168,6 +207,9 @@ def main():
         )
 
     ctx = pki(a.pki)
+    os.makedirs(a.dir, exist_ok=True)
+    CountingSMTP.out = a.dir
+    CountingSMTP.report()
     if a.implicit_tls:
         # The whole session is TLS; aiosmtpd's auth_require_tls only knows STARTTLS.
         tls = dict(ssl_context=ctx, auth_require_tls=False)

@@ -168,11 +168,11 @@ impl Consumer {
             .process(&delivery.data, publisher.as_deref())
             .await
         {
-            Ok(Handled::Duplicate) => {
+            Ok(Handled::Duplicate { template }) => {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
-                ("unknown".to_owned(), "duplicate")
+                (template, "duplicate")
             }
-            Ok(Handled::Busy) => {
+            Ok(Handled::Busy { template }) => {
                 // Another mailer is sending this event: look again after the
                 // first rung, without counting an attempt.
                 let step = routing::hold(0, &self.settings.retry_delays);
@@ -198,7 +198,7 @@ impl Consumer {
                             .await;
                     }
                 }
-                ("unknown".to_owned(), "deferred")
+                (template, "deferred")
             }
             Ok(Handled::Sent { template }) => {
                 if let Err(e) = delivery.ack(BasicAckOptions::default()).await {

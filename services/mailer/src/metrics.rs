@@ -8,7 +8,8 @@
 //! `mailer_messages_total{template, outcome}` registered at zero:
 //! - `template`: every template the mailer can render (the embedded ones and
 //!   those of `MAILER_TEMPLATE_DIR`) and `raw` (events with `content`), each
-//!   with `outcome` `sent`, `retried`, `dead` and `held`;
+//!   with `outcome` `sent`, `retried`, `dead`, `held`, `duplicate` and
+//!   `deferred`;
 //! - `template="invalid"` (an envelope that does not parse, or one over
 //!   MAILER_MAX_EVENT_BYTES, never parsed) with `dead`.
 //!
@@ -31,8 +32,10 @@ pub const REVISION: &str = env!("SIGNUP_REVISION");
 
 /// The outcomes `mailer_messages_total` counts per template (`held`: put
 /// back in a retry queue without counting an attempt, while SMTP is
-/// misconfigured).
-pub const OUTCOMES: [&str; 4] = ["sent", "retried", "dead", "held"];
+/// misconfigured; `duplicate`: an event id already accepted by SMTP, acked
+/// without sending; `deferred`: another mailer is sending that id right
+/// now, looked at again later).
+pub const OUTCOMES: [&str; 6] = ["sent", "retried", "dead", "held", "duplicate", "deferred"];
 
 /// Registers the build info, the broker gauge and the counters at zero.
 /// Call once, after the Prometheus recorder is installed.
@@ -61,7 +64,7 @@ pub fn describe(templates: &Templates, connected: &AtomicBool) {
 
     metrics::describe_counter!(
         "mailer_messages_total",
-        "Consumed events by template and outcome (sent, retried, dead, held, duplicate)"
+        "Consumed events by template and outcome (sent, retried, dead, held, duplicate, deferred)"
     );
     let templates: BTreeSet<String> = templates
         .available()

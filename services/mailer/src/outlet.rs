@@ -126,9 +126,13 @@ pub enum Outlet {
         transport: AsyncSmtpTransport<Tokio1Executor>,
         timeout: Duration,
         /// lettre's pool `max_size` only caps the idle connections it keeps;
-        /// every concurrent send opens its own. This caps the open ones at
-        /// MAILER_SMTP_POOL_SIZE, so prefetch never turns into dozens of
-        /// sessions at a provider that limits them per account.
+        /// every concurrent send opens its own. This caps the sends at once
+        /// at MAILER_SMTP_POOL_SIZE, the pool's `max_size` too, so prefetch
+        /// never turns into dozens of sessions at a provider that limits
+        /// them per account. The vendored lettre parks a connection before
+        /// `send` returns (vendor/README.md), so the slot is free only once
+        /// its session is back in the pool: the sessions open at once never
+        /// exceed the cap either.
         slots: Arc<Semaphore>,
         /// The configuration error the last exchange ran into (a rejected
         /// certificate), until an exchange succeeds: readiness reports it
@@ -231,8 +235,17 @@ impl Outlet {
     pub async fn check(&self) -> Result<(), String> {
         match self {
             Self::Smtp {
-                transport, timeout, ..
-            } => match tokio::time::timeout(*timeout, transport.test_connection()).await {
+                transport,
+                timeout,
+                slots,
+                ..
+            } => match tokio::time::timeout(*timeout, async {
+                // A session like any other: within MAILER_SMTP_POOL_SIZE.
+                let _slot = slots.acquire().await;
+                transport.test_connection().await
+            })
+            .await
+            {
                 Ok(Ok(true)) => {
                     self.observe(None);
                     Ok(())

@@ -26,10 +26,10 @@ pub enum Handled {
     Sent { template: String },
     /// This process (or, with the dedupe store, any mailer) already sent
     /// this event id; nothing was sent again.
-    Duplicate,
+    Duplicate { template: String },
     /// Another mailer is sending this event id right now (dedupe store):
     /// nothing was sent; it is to be looked at again later.
-    Busy,
+    Busy { template: String },
 }
 
 /// An event that was not delivered, and why.
@@ -129,7 +129,7 @@ impl Pipeline {
         }
         if self.sent.contains(&mail.id) {
             tracing::info!(event_id = %mail.id, "already sent by this process; acking the redelivery");
-            return Ok(Handled::Duplicate);
+            return Ok(Handled::Duplicate { template });
         }
         let lag = (chrono::Utc::now() - mail.created_at)
             .to_std()
@@ -144,9 +144,9 @@ impl Pipeline {
                 Claim::Mine => {}
                 Claim::Accepted => {
                     tracing::info!(event_id = %mail.id, "already sent by a mailer (dedupe store); acking the redelivery");
-                    return Ok(Handled::Duplicate);
+                    return Ok(Handled::Duplicate { template });
                 }
-                Claim::Busy => return Ok(Handled::Busy),
+                Claim::Busy => return Ok(Handled::Busy { template }),
             }
         }
         let started = Instant::now();
@@ -265,7 +265,9 @@ mod tests {
         );
         assert_eq!(
             p.process(&event.to_vec(), None).await,
-            Ok(Handled::Duplicate)
+            Ok(Handled::Duplicate {
+                template: "verify_email".into()
+            })
         );
         let sent = stub.messages().await;
         assert_eq!(sent.len(), 1);

@@ -377,3 +377,86 @@ pub fn peak_rss(pid: u32) -> u64 {
         .map(|kb| kb * 1024)
         .expect("VmHWM in /proc/<pid>/status")
 }
+
+/// A `MAILER_BIND` of the test's own: (the port, the variable's value).
+pub fn metrics_bind() -> (u16, String) {
+    let port = free_port();
+    (port, format!("127.0.0.1:{port}"))
+}
+
+/// The mailer's `/metrics` page on `port` (empty while it does not answer).
+pub async fn scrape(port: u16) -> String {
+    match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The value of one series on the mailer's `/metrics`: `series` is the name
+/// with its labels exactly as exported (`name{a="x",b="y"}`); None while
+/// the series (or the page) is missing.
+pub async fn series(port: u16, series: &str) -> Option<f64> {
+    scrape(port)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `mailer_messages_total{template, outcome}` on the mailer at `port`.
+pub async fn messages(port: u16, template: &str, outcome: &str) -> Option<f64> {
+    let name = format!("mailer_messages_total{{template=\"{template}\",outcome=\"{outcome}\"}}");
+    series(port, &name).await
+}
+
+/// The type the broker declared (`classic`, `quorum`) for the work queue,
+/// the dead-letter queue and the retry queue of each delay of `ladder`
+/// (`MAILER_RETRY_DELAYS` spelling), by name; a queue the broker does not
+/// list is missing from the map.
+pub fn queue_types(t: &Topology, ladder_spec: &str) -> std::collections::BTreeMap<String, String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name", "type"])
+        .output()
+        .expect("rabbitmqctl (the machine's RabbitMQ)");
+    assert!(out.status.success(), "{out:?}");
+    let mut wanted = vec![t.queue(), t.dead_queue()];
+    wanted.extend(ladder(ladder_spec).into_iter().map(|d| t.retry_queue(d)));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(name, _)| wanted.iter().any(|w| w == name))
+        .map(|(name, kind)| (name.to_owned(), kind.trim().to_owned()))
+        .collect()
+}
+
+/// [`queue_types`] as it must be when every queue was declared `kind`.
+pub fn all_queues_of_type(
+    t: &Topology,
+    ladder_spec: &str,
+    kind: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let mut names = vec![t.queue(), t.dead_queue()];
+    names.extend(ladder(ladder_spec).into_iter().map(|d| t.retry_queue(d)));
+    names.into_iter().map(|n| (n, kind.to_owned())).collect()
+}
+
+impl Env {
+    /// Runs the mailer binary's CLI (`dead list`, `dead requeue ...`) with
+    /// this test's environment, to its end.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mailer"));
+        cmd.args(args).env_clear();
+        for (k, v) in self.mailer_env() {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+}
+
+impl Env {
+    /// The SMTP server's session counts now (`open`, `peak`, `ended`), from
+    /// the `sessions.state` it rewrites on every change; None before it wrote one.
+    pub fn smtp_sessions(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.inbox().join("sessions.state")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}

@@ -48,7 +48,8 @@ fn long_link() -> String {
 async fn delivers_a_korean_verification_mail_over_starttls_with_auth() {
     let env = Env::new();
     let _smtp = env.smtp().await;
-    let _mailer = env.mailer(&[]).await;
+    let (port, bind) = metrics_bind();
+    let _mailer = env.mailer(&[("MAILER_BIND", &bind)]).await;
     let broker = Broker::connect().await;
     let link = long_link();
     let event = verify_event("minsu@example.com", "ko", &link);
@@ -79,6 +80,20 @@ async fn delivers_a_korean_verification_mail_over_starttls_with_auth() {
         "the link is intact in the HTML part:\n{html}"
     );
     assert!(html.contains("김민수님"));
+    // The latency histograms the alerts read each hold this one mail.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            messages(port, "verify_email", "sent").await == Some(1.0)
+        })
+        .await
+    );
+    for histogram in [
+        "mailer_smtp_seconds_count{channel=\"smtp\"}",
+        "mailer_delivery_seconds_count",
+        "mailer_queue_lag_seconds_count",
+    ] {
+        assert_eq!(series(port, histogram).await, Some(1.0), "{histogram}");
+    }
     // Nothing left behind in any queue.
     assert_eq!(broker.count(&env.topology.queue()).await, Some(0));
     assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
@@ -139,9 +154,20 @@ async fn a_raw_event_from_another_language_is_delivered_as_given() {
 async fn a_server_that_is_down_then_up_gets_the_mail_once_after_retries() {
     let env = Env::new();
     drop(env.smtp().await); // make the CA, then stop: the server is down
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let smtp = format!("127.0.0.1:{}", env.smtp_port);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(&smtp).await.is_err()
+        })
+        .await,
+        "the SMTP server is down"
+    );
+    let (port, bind) = metrics_bind();
     let _mailer = env
-        .mailer(&[("MAILER_RETRY_DELAYS", "500ms,1s,2s,4s,8s")])
+        .mailer(&[
+            ("MAILER_RETRY_DELAYS", "500ms,1s,2s,4s,8s"),
+            ("MAILER_BIND", &bind),
+        ])
         .await;
     let broker = Broker::connect().await;
     let event = verify_event(
@@ -150,13 +176,22 @@ async fn a_server_that_is_down_then_up_gets_the_mail_once_after_retries() {
         "http://127.0.0.1:8080/verify?token=v1.k.x",
     );
     broker.publish(&env.topology, &event.to_vec()).await;
-    // Give it time to fail at least twice.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // It failed at least twice: two retries counted.
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            messages(port, "verify_email", "retried")
+                .await
+                .is_some_and(|n| n >= 2.0)
+        })
+        .await,
+        "retried while the server is down"
+    );
     assert!(env.received().is_empty());
     let _smtp = env.smtp().await;
     let mails = env.wait_for_mail(1, Duration::from_secs(30)).await;
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0]["subject"], "Confirm your e-mail address");
+    // Nothing to wait on for "no second copy": a fixed look after 2 s.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(env.received().len(), 1, "delivered once");
     assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
@@ -166,12 +201,25 @@ async fn a_server_that_is_down_then_up_gets_the_mail_once_after_retries() {
 async fn permanent_and_exhausted_failures_are_dead_lettered_with_their_reason() {
     let env = Env::new();
     let _smtp = env.smtp().await;
-    let _mailer = env.mailer(&[]).await;
-    let broker = Broker::connect().await;
+    let (port, bind) = metrics_bind();
+    let _mailer = env.mailer(&[("MAILER_BIND", &bind)]).await;
+    // Without MAILER_QUEUE_TYPE every queue is a classic one.
+    assert_eq!(
+        queue_types(&env.topology, RETRIES),
+        all_queues_of_type(&env.topology, RETRIES, "classic")
+    );
+    // Published by a service's own broker user, proven by the AMQP user_id.
+    let account = BrokerUser::create("account");
+    let broker = Broker::connect_as(&account).await;
     let rejected = verify_event("nobody@reject.test", "en", "https://x.example/v");
     let tempfail = verify_event("busy@tempfail.test", "en", "https://x.example/v");
-    broker.publish(&env.topology, &rejected.to_vec()).await;
-    broker.publish(&env.topology, &tempfail.to_vec()).await;
+    let before = Utc::now();
+    for e in [&rejected, &tempfail] {
+        broker
+            .try_publish(&env.topology, &e.to_vec(), Some(&account.name))
+            .await
+            .unwrap();
+    }
     let dead = env.topology.dead_queue();
     assert!(
         wait_until(Duration::from_secs(20), || async {
@@ -179,23 +227,62 @@ async fn permanent_and_exhausted_failures_are_dead_lettered_with_their_reason() 
         })
         .await
     );
+    // What the alerts key on moved, with the template's label.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            messages(port, "verify_email", "dead").await == Some(2.0)
+        })
+        .await,
+        "two dead letters counted: {:?}",
+        messages(port, "verify_email", "dead").await
+    );
+    assert_eq!(
+        messages(port, "verify_email", "retried").await,
+        Some(3.0),
+        "the 451 climbed three rungs"
+    );
+    assert_eq!(messages(port, "verify_email", "sent").await, Some(0.0));
     let mut letters = broker.drain(&dead).await;
+    let after = Utc::now();
     letters.sort_by_key(|(p, _)| header(p, "x-attempt"));
+    let dead_at = |p: &lapin::BasicProperties| {
+        let at = header(p, "x-dead-at").expect("x-dead-at");
+        let at = chrono::DateTime::parse_from_rfc3339(&at).expect("x-dead-at is RFC 3339");
+        assert!(before <= at && at <= after, "{at} within the test");
+    };
+
     let (p, body) = &letters[0];
     assert_eq!(MailSend::from_slice(body).unwrap().id, rejected.id);
-    let reason = header(p, "x-dead-reason").unwrap();
-    assert!(reason.starts_with("permanent: SMTP 550"), "{reason}");
+    let last_error = header(p, "x-last-error").unwrap();
+    assert!(last_error.starts_with("SMTP 550"), "{last_error}");
+    assert_eq!(
+        header(p, "x-dead-reason").unwrap(),
+        format!("permanent: {last_error}")
+    );
     assert_eq!(
         header(p, "x-attempt").as_deref(),
         Some("1"),
         "a 5xx is not retried"
     );
+    dead_at(p);
+    assert_eq!(
+        header(p, "x-published-by").as_deref(),
+        Some(account.name.as_str())
+    );
+
     let (p, body) = &letters[1];
     assert_eq!(MailSend::from_slice(body).unwrap().id, tempfail.id);
-    let reason = header(p, "x-dead-reason").unwrap();
-    assert!(
-        reason.starts_with("retries exhausted after 4 attempts: SMTP 451"),
-        "{reason}"
+    let last_error = header(p, "x-last-error").unwrap();
+    assert!(last_error.starts_with("SMTP 451"), "{last_error}");
+    assert_eq!(
+        header(p, "x-dead-reason").unwrap(),
+        format!("retries exhausted after 4 attempts: {last_error}")
+    );
+    assert_eq!(header(p, "x-attempt").as_deref(), Some("4"));
+    dead_at(p);
+    assert_eq!(
+        header(p, "x-published-by").as_deref(),
+        Some(account.name.as_str())
     );
     assert!(env.received().is_empty());
 }
@@ -290,6 +377,7 @@ async fn sigterm_during_a_burst_loses_nothing() {
     // A new mailer finishes the rest; each mail arrives exactly once.
     let _again = env.mailer(&[]).await;
     let mails = env.wait_for_mail(n, Duration::from_secs(60)).await;
+    // Nothing to wait on for "no duplicate arrives": a fixed look after 0.5 s.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got: Vec<String> = env
         .received()
@@ -374,6 +462,141 @@ async fn dead_letters_can_be_listed_and_requeued_after_the_cause_is_fixed() {
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0]["subject"], "환영합니다, 민지님");
     assert_eq!(broker.count(&dead).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_all_brings_back_every_dead_letter_and_each_climbs_the_whole_ladder_again() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let mailer = env.mailer(&[]).await;
+    let broker = Broker::connect().await;
+    // The cause (451) is not fixed: what comes back fails the same way.
+    let events: Vec<MailSend> = (0..3)
+        .map(|i| {
+            verify_event(
+                &format!("busy{i}@tempfail.test"),
+                "en",
+                "https://x.example/v",
+            )
+        })
+        .collect();
+    for e in &events {
+        broker.publish(&env.topology, &e.to_vec()).await;
+    }
+    let dead = env.topology.dead_queue();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            broker.count(&dead).await == Some(3)
+        })
+        .await
+    );
+    // No worker while the CLI runs: the requeued letters stay where it put them.
+    assert!(mailer.terminate().await.success());
+    let requeue = env.cli(&["dead", "requeue", "--all"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&requeue.stdout),
+        String::from_utf8_lossy(&requeue.stderr),
+    );
+    assert!(requeue.status.success(), "{stderr}");
+    assert!(stderr.contains("3 requeued"), "{stderr}");
+    for e in &events {
+        assert!(stdout.contains(&format!("requeued {}", e.id)), "{stdout}");
+    }
+    assert_eq!(
+        broker.count(&dead).await,
+        Some(0),
+        "the dead queue is empty"
+    );
+    assert_eq!(
+        broker.count(&env.topology.queue()).await,
+        Some(3),
+        "every dead letter is back in the work queue"
+    );
+
+    // Each starts the ladder from its first rung: 3 retries again (4
+    // attempts), not a dead letter at its first failure.
+    let (port, bind) = metrics_bind();
+    let _again = env.mailer(&[("MAILER_BIND", &bind)]).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            messages(port, "verify_email", "dead").await == Some(3.0)
+        })
+        .await,
+        "all three dead-lettered again"
+    );
+    assert_eq!(
+        messages(port, "verify_email", "retried").await,
+        Some(9.0),
+        "three retries each after the requeue"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            broker.count(&dead).await == Some(3)
+        })
+        .await
+    );
+    let letters = broker.drain(&dead).await;
+    let ids: HashSet<_> = letters
+        .iter()
+        .map(|(_, body)| MailSend::from_slice(body).unwrap().id)
+        .collect();
+    assert_eq!(ids, events.iter().map(|e| e.id).collect::<HashSet<_>>());
+    for (p, _) in &letters {
+        assert_eq!(header(p, "x-attempt").as_deref(), Some("4"));
+        let reason = header(p, "x-dead-reason").unwrap();
+        assert!(
+            reason.starts_with("retries exhausted after 4 attempts: SMTP 451"),
+            "{reason}"
+        );
+    }
+    assert!(env.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_template_overrides_an_embedded_one_in_the_mail_sent() {
+    let env = Env::new();
+    // The operator's own verify_email/en, every part of it.
+    let dir = env.dir.join("templates/verify_email/en");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("subject.txt"),
+        "[OP] {{ brand }}: confirm, {{ name }}",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("body.html"),
+        "<p class=\"op\">OPERATOR HTML for {{ name }}: <a href=\"{{ verify_url }}\">confirm</a></p>\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("body.txt"),
+        "OPERATOR TEXT for {{ name }}: {{ verify_url }}\n",
+    )
+    .unwrap();
+    let _smtp = env.smtp().await;
+    let templates = env.dir.join("templates");
+    let _mailer = env
+        .mailer(&[
+            ("MAILER_TEMPLATE_DIR", templates.to_str().unwrap()),
+            ("MAILER_BRAND", "Shop"),
+        ])
+        .await;
+    let broker = Broker::connect().await;
+    let link = "https://acc.example/verify?token=v1.k.operator";
+    let event = verify_event("op@example.com", "en", link);
+    broker.publish(&env.topology, &event.to_vec()).await;
+    let mails = env.wait_for_mail(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    let m = &mails[0];
+    assert_eq!(m["subject"], "[OP] Shop: confirm, 김민수");
+    assert_eq!(
+        m["html"].as_str().unwrap().trim(),
+        format!("<p class=\"op\">OPERATOR HTML for 김민수: <a href=\"{link}\">confirm</a></p>")
+    );
+    assert_eq!(
+        m["text"].as_str().unwrap().trim(),
+        format!("OPERATOR TEXT for 김민수: {link}")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -586,15 +809,19 @@ async fn with_a_shared_store_an_event_another_mailer_sent_is_not_sent_again() {
 
     // Another mailer (its own memory is empty) gets the same event again, as
     // after the first one died between the SMTP 250 and its ack.
-    let _second = env.mailer(&[("MAILER_DEDUPE_URL", &store)]).await;
+    let (port, bind) = metrics_bind();
+    let _second = env
+        .mailer(&[("MAILER_DEDUPE_URL", &store), ("MAILER_BIND", &bind)])
+        .await;
     broker.publish(&env.topology, &event.to_vec()).await;
-    let queue = env.topology.queue();
     assert!(
         wait_until(Duration::from_secs(20), || async {
-            broker.count(&queue).await == Some(0)
+            messages(port, "verify_email", "duplicate").await == Some(1.0)
         })
-        .await
+        .await,
+        "the second mailer counts the copy as a duplicate"
     );
+    assert_eq!(env.received().len(), 1, "not mailed again");
     let other = verify_event("other@example.com", "en", "https://acc.example/w");
     broker.publish(&env.topology, &other.to_vec()).await;
     let mails = env.wait_for_mail(2, Duration::from_secs(20)).await;

@@ -128,6 +128,12 @@ async fn on_quorum_queues_mail_is_delivered_and_retries_come_back() {
     let env = Env::new();
     let _smtp = env.smtp().await;
     let _mailer = env.mailer(&[("MAILER_QUEUE_TYPE", "quorum")]).await;
+    // The broker itself says so: the work queue, every rung of the retry
+    // ladder and the dead letters are quorum queues.
+    assert_eq!(
+        queue_types(&env.topology, RETRIES),
+        all_queues_of_type(&env.topology, RETRIES, "quorum")
+    );
     let broker = Broker::connect().await;
     let good = verify_event("q@example.com", "ko", "https://acc.example/verify?token=q");
     let busy = verify_event(
@@ -213,7 +219,13 @@ async fn sigterm_while_the_broker_never_answers_still_exits_in_bounded_time() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The mailer connected and is waiting inside the AMQP handshake.
+    silent.set_nonblocking(true).unwrap();
+    let silent = tokio::net::TcpListener::from_std(silent).unwrap();
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept())
+        .await
+        .expect("the mailer connects to the broker")
+        .unwrap();
     let started = std::time::Instant::now();
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().unwrap().to_string()])
@@ -232,28 +244,36 @@ async fn sigterm_while_the_broker_never_answers_still_exits_in_bounded_time() {
 async fn smtp_sessions_never_exceed_the_pool_size_whatever_the_prefetch() {
     let env = Env::new();
     let _smtp = env.smtp().await;
-    let _mailer = env
-        .mailer(&[("MAILER_PREFETCH", "64"), ("MAILER_SMTP_POOL_SIZE", "2")])
-        .await;
+    let vars = [("MAILER_PREFETCH", "64"), ("MAILER_SMTP_POOL_SIZE", "2")];
+    // A backlog: the mail waits in the queue while no mailer runs, so the
+    // next one takes all of it at once (prefetch 64), not one at a time as
+    // it is published.
+    let first = env.mailer(&vars).await;
+    assert!(first.terminate().await.success());
     let broker = Broker::connect().await;
     let n = 30;
-    for i in 0..n {
+    // The server holds the first one's session 4 s (its 250 comes late):
+    // the rest must share the other one.
+    let slow = verify_event("u0@slow.test", "en", "https://acc.example/v");
+    broker.publish(&env.topology, &slow.to_vec()).await;
+    for i in 1..n {
         let e = verify_event(&format!("u{i}@example.com"), "en", "https://acc.example/v");
         broker.publish(&env.topology, &e.to_vec()).await;
     }
+    let _mailer = env.mailer(&vars).await;
     let mails = env.wait_for_mail(n, Duration::from_secs(30)).await;
     assert_eq!(mails.len(), n);
-    // lettre hands a connection back to its pool in a spawned task, so the
-    // next send may open a new one a moment before the surplus one says
-    // QUIT: the server can see one more session than the cap, never more.
-    // (Without the cap it sees one per message in flight: 30 here.)
+    // The server's count of sessions open at once, at each mail: never
+    // above the cap, and at the cap, so the cap is not just one at a time.
+    // (Without the cap it sees one per message in flight: about 30 here.)
     let peak = mails
         .iter()
         .map(|m| m["peak_sessions"].as_u64().unwrap())
         .max();
-    assert!(
-        peak <= Some(3),
-        "at most 2 (+1 closing) SMTP sessions at once, saw {peak:?}"
+    assert_eq!(
+        peak,
+        Some(2),
+        "at most 2 SMTP sessions at once, and 2 were used"
     );
 }
 
@@ -263,19 +283,51 @@ async fn the_send_rate_limit_paces_delivery() {
     let _smtp = env.smtp().await;
     let _mailer = env.mailer(&[("MAILER_SEND_RATE", "4")]).await;
     let broker = Broker::connect().await;
-    let started = std::time::Instant::now();
-    for i in 0..12 {
+    let n = 20;
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let published = unix_now();
+    for i in 0..n {
         let e = verify_event(&format!("r{i}@example.com"), "en", "https://acc.example/v");
         broker.publish(&env.topology, &e.to_vec()).await;
     }
-    let mails = env.wait_for_mail(12, Duration::from_secs(30)).await;
-    assert_eq!(mails.len(), 12);
-    // A burst of 4, then 8 more at 4 per second.
+    let mails = env.wait_for_mail(n, Duration::from_secs(40)).await;
+    assert_eq!(mails.len(), n);
+    // A burst of 4, then 16 more at 4 per second: the last one goes about
+    // 4 s after the first. Paced: not within 3.6 s of the first publish.
+    // Not over-throttled: the server's first to last well under the 9 s
+    // that half the rate would take.
+    let at = |m: &serde_json::Value| m["received_at"].as_f64().unwrap();
+    let (first, last) = mails
+        .iter()
+        .map(at)
+        .fold((f64::MAX, f64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    let paced = last - published;
     assert!(
-        started.elapsed() >= Duration::from_millis(1800),
-        "{:?}",
-        started.elapsed()
+        paced >= 3.6,
+        "paced at 4/s: the last mail {paced:.2} s after publishing"
     );
+    let span = last - first;
+    assert!(
+        span < 6.5,
+        "not slower than 4/s: {span:.2} s from first to last"
+    );
+}
+
+/// The broker proxy on `port` again, once the cut one let go of the port.
+async fn proxy_again(port: u16) -> testkit::proxy::Proxy {
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        })
+        .await,
+        "port {port} is free again"
+    );
+    testkit::proxy::Proxy::start(port, "127.0.0.1:5672").await
 }
 
 /// Closes the broker connection named `mailer@<pid>` from the broker's side.
@@ -308,7 +360,16 @@ fn broker_drops_connection_of(pid: u32) {
 async fn the_worker_reconnects_when_the_broker_drops_its_connection() {
     let env = Env::new();
     let _smtp = env.smtp().await;
-    let mailer = env.mailer(&[]).await;
+    // The mailer reaches the broker through a proxy the test can cut.
+    let mut proxy = testkit::proxy::Proxy::start(0, "127.0.0.1:5672").await;
+    let proxy_port = proxy.port;
+    let url = format!("amqp://guest:guest@127.0.0.1:{proxy_port}/%2f");
+    let (port, bind) = metrics_bind();
+    let mailer = env
+        .mailer(&[("MAILER_AMQP_URL", &url), ("MAILER_BIND", &bind)])
+        .await;
+    let connected = "mailer_broker_connected";
+    assert_eq!(series(port, connected).await, Some(1.0));
     let broker = Broker::connect().await;
     let first = verify_event("one@example.com", "en", "https://acc.example/v1");
     broker.publish(&env.topology, &first.to_vec()).await;
@@ -320,6 +381,30 @@ async fn the_worker_reconnects_when_the_broker_drops_its_connection() {
     let mails = env.wait_for_mail(2, Duration::from_secs(20)).await;
     assert_eq!(mails.len(), 2, "consuming again after the reconnect");
     assert_eq!(mails[1]["rcpt_tos"][0], "two@example.com");
+
+    // The broker out of reach: the gauge the alert reads goes to 0 and stays
+    // there until the broker is back, then returns to 1.
+    proxy.cut();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            series(port, connected).await == Some(0.0)
+        })
+        .await,
+        "mailer_broker_connected is 0 while the broker is unreachable"
+    );
+    let _proxy = proxy_again(proxy_port).await;
+    assert!(
+        wait_until(Duration::from_secs(40), || async {
+            series(port, connected).await == Some(1.0)
+        })
+        .await,
+        "mailer_broker_connected is 1 again after the reconnect"
+    );
+    let third = verify_event("three@example.com", "en", "https://acc.example/v3");
+    broker.publish(&env.topology, &third.to_vec()).await;
+    let mails = env.wait_for_mail(3, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 3, "consuming again after the broker came back");
+    assert_eq!(mails[2]["rcpt_tos"][0], "three@example.com");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,8 +417,14 @@ async fn pooled_connections_the_server_closed_while_idle_are_replaced() {
     let first = verify_event("idle1@example.com", "en", "https://acc.example/v1");
     broker.publish(&env.topology, &first.to_vec()).await;
     assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
-    // The server hangs up on the pooled session.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The server hangs up on the pooled session once it idled for 0.5 s.
+    let hung_up = || env.smtp_sessions().unwrap()["timed_out"].as_u64().unwrap();
+    let before = hung_up();
+    assert!(
+        wait_until(Duration::from_secs(20), || async { hung_up() > before }).await,
+        "the server hung up on the idle session: {:?}",
+        env.smtp_sessions()
+    );
     let second = verify_event("idle2@example.com", "en", "https://acc.example/v2");
     broker.publish(&env.topology, &second.to_vec()).await;
     let mails = env.wait_for_mail(2, Duration::from_secs(10)).await;
@@ -349,22 +440,28 @@ async fn pooled_connections_the_server_closed_while_idle_are_replaced() {
 async fn an_event_id_already_accepted_by_smtp_is_not_mailed_twice() {
     let env = Env::new();
     let _smtp = env.smtp().await;
-    let _mailer = env.mailer(&[]).await;
+    let (port, bind) = metrics_bind();
+    let _mailer = env.mailer(&[("MAILER_BIND", &bind)]).await;
     let broker = Broker::connect().await;
+    // Registered at zero: the first duplicate is an increase, not a new series.
+    assert_eq!(messages(port, "verify_email", "duplicate").await, Some(0.0));
     let event = verify_event("once@example.com", "en", "https://acc.example/v");
     // A publisher's retry after a lost confirm, or a redelivery after a lost ack.
     broker.publish(&env.topology, &event.to_vec()).await;
     assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
     broker.publish(&env.topology, &event.to_vec()).await;
-    let queue = env.topology.queue();
+    // The mailer's own word that it handled the copy as a duplicate...
     assert!(
-        wait_until(Duration::from_secs(10), || async {
-            broker.count(&queue).await == Some(0)
+        wait_until(Duration::from_secs(20), || async {
+            messages(port, "verify_email", "duplicate").await == Some(1.0)
         })
-        .await
+        .await,
+        "the second copy is counted as a duplicate"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...and then the server still holds exactly one mail.
     assert_eq!(env.received().len(), 1, "acked as a duplicate, not sent");
+    assert_eq!(messages(port, "verify_email", "sent").await, Some(1.0));
+    assert_eq!(broker.count(&env.topology.queue()).await, Some(0));
     assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
 }
 
@@ -372,28 +469,40 @@ async fn an_event_id_already_accepted_by_smtp_is_not_mailed_twice() {
 async fn a_broker_drop_during_an_smtp_send_does_not_mail_twice() {
     let env = Env::new();
     let _smtp = env.smtp().await;
-    let mailer = env.mailer(&[]).await;
+    let (port, bind) = metrics_bind();
+    // The mailer reaches the broker through a proxy: cutting it drops the
+    // connection at once (rabbitmqctl takes seconds, which can miss the
+    // window below).
+    let mut proxy = testkit::proxy::Proxy::start(0, "127.0.0.1:5672").await;
+    let proxy_port = proxy.port;
+    let url = format!("amqp://guest:guest@127.0.0.1:{proxy_port}/%2f");
+    let _mailer = env
+        .mailer(&[("MAILER_AMQP_URL", &url), ("MAILER_BIND", &bind)])
+        .await;
     let broker = Broker::connect().await;
     // The server takes this mail at once but answers 250 only 4 s later.
     let event = verify_event("late@slow.test", "en", "https://acc.example/v");
     broker.publish(&env.topology, &event.to_vec()).await;
     assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
-    // The broker drops the mailer while it waits for that 250: the ack will
-    // fail and the broker redelivers the event after the reconnect.
-    broker_drops_connection_of(mailer.child.id().unwrap());
-    let queue = env.topology.queue();
+    // The broker connection drops while the mailer waits for that 250: the
+    // ack will fail and the broker redelivers the event after the reconnect.
+    proxy.cut();
+    let _proxy = proxy_again(proxy_port).await;
+    // Waits for the mailer to say it recognised the redelivery, however long
+    // the late 250 and the reconnect take.
     assert!(
-        wait_until(Duration::from_secs(20), || async {
-            broker.count(&queue).await == Some(0)
+        wait_until(Duration::from_secs(30), || async {
+            messages(port, "verify_email", "duplicate").await == Some(1.0)
         })
-        .await
+        .await,
+        "the redelivery is counted as a duplicate"
     );
-    tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
         env.received().len(),
         1,
         "the redelivery was recognised as already sent"
     );
+    assert_eq!(broker.count(&env.topology.queue()).await, Some(0));
     assert_eq!(broker.count(&env.topology.dead_queue()).await, Some(0));
 }
 
@@ -406,7 +515,9 @@ async fn even_at_debug_level_the_log_holds_no_password_and_no_link() {
     for (k, v) in env.mailer_env() {
         cmd.env(k, v);
     }
+    let (port, bind) = metrics_bind();
     let child = cmd
+        .env("MAILER_BIND", &bind)
         .env("RUST_LOG", "debug")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -425,7 +536,13 @@ async fn even_at_debug_level_the_log_holds_no_password_and_no_link() {
     let event = verify_event("private@example.com", "en", &link);
     broker.publish(&env.topology, &event.to_vec()).await;
     assert_eq!(env.wait_for_mail(1, Duration::from_secs(20)).await.len(), 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Counted once acked, after the "mail sent" line: the whole delivery is logged.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            messages(port, "verify_email", "sent").await == Some(1.0)
+        })
+        .await
+    );
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().unwrap().to_string()])
         .status()

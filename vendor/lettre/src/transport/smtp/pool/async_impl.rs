@@ -1,14 +1,11 @@
 use std::{
     fmt::{self, Debug},
     ops::{Deref, DerefMut},
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::{Duration, Instant},
 };
 
-use futures_util::{
-    lock::Mutex,
-    stream::{self, StreamExt},
-};
+use futures_util::stream::{self, StreamExt};
 
 use super::{
     super::{Error, client::AsyncSmtpConnection},
@@ -22,6 +19,8 @@ use crate::{
 
 pub(crate) struct Pool<E: Executor> {
     config: PoolConfig,
+    // A blocking mutex (upstream: an async one), never held across an
+    // `.await`: `PooledConnection::drop` parks its connection synchronously.
     connections: Mutex<Option<Vec<ParkedConnection>>>,
     client: AsyncSmtpClient<E>,
     handle: OnceLock<E::Handle>,
@@ -62,7 +61,7 @@ impl<E: Executor> Pool<E> {
                         Some(pool) => {
                             #[allow(clippy::needless_collect)]
                             let (count, dropped) = {
-                                let mut connections = pool.connections.lock().await;
+                                let mut connections = pool.lock();
                                 let Some(connections) = connections.as_mut() else {
                                     // The transport was shut down
                                     return;
@@ -98,13 +97,15 @@ impl<E: Executor> Pool<E> {
                                     }
                                 };
 
-                                let mut connections = pool.connections.lock().await;
-                                let Some(connections) = connections.as_mut() else {
-                                    // The transport was shut down
-                                    return;
-                                };
+                                {
+                                    let mut connections = pool.lock();
+                                    let Some(connections) = connections.as_mut() else {
+                                        // The transport was shut down
+                                        return;
+                                    };
 
-                                connections.push(ParkedConnection::park(conn));
+                                    connections.push(ParkedConnection::park(conn));
+                                }
 
                                 #[cfg(feature = "tracing")]
                                 {
@@ -147,7 +148,7 @@ impl<E: Executor> Pool<E> {
     }
 
     pub(crate) async fn shutdown(&self) {
-        let connections = { self.connections.lock().await.take() };
+        let connections = { self.lock().take() };
         if let Some(connections) = connections {
             abort_concurrent(connections.into_iter().map(ParkedConnection::unpark)).await;
         }
@@ -160,7 +161,7 @@ impl<E: Executor> Pool<E> {
     pub(crate) async fn connection(self: &Arc<Self>) -> Result<PooledConnection<E>, Error> {
         loop {
             let conn = {
-                let mut connections = self.connections.lock().await;
+                let mut connections = self.lock();
                 let Some(connections) = connections.as_mut() else {
                     // The transport was shut down
                     return Err(error::transport_shutdown());
@@ -197,33 +198,40 @@ impl<E: Executor> Pool<E> {
         }
     }
 
-    async fn recycle(&self, mut conn: AsyncSmtpConnection) {
+    fn lock(&self) -> MutexGuard<'_, Option<Vec<ParkedConnection>>> {
+        // Nothing panics while holding it; a poisoned lock still holds a
+        // consistent list.
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Parks `conn` at once if the pool has room for it; hands it back
+    /// otherwise (broken, pool full or shut down), to be closed.
+    fn park(&self, conn: AsyncSmtpConnection) -> Result<(), AsyncSmtpConnection> {
         if conn.has_broken() {
-            #[cfg(feature = "tracing")]
-            tracing::debug!("dropping a broken connection instead of recycling it");
-
-            conn.abort().await;
-            drop(conn);
-        } else {
-            #[cfg(feature = "tracing")]
-            tracing::debug!("recycling connection");
-
-            let mut connections_guard = self.connections.lock().await;
-
-            if let Some(connections) = connections_guard.as_mut() {
-                if connections.len() >= self.config.max_size as usize {
-                    drop(connections_guard);
-                    conn.abort().await;
-                } else {
-                    let conn = ParkedConnection::park(conn);
-                    connections.push(conn);
-                }
-            } else {
-                // The pool has already been shut down
-                drop(connections_guard);
-                conn.abort().await;
-            }
+            return Err(conn);
         }
+        let mut connections = self.lock();
+        match connections.as_mut() {
+            Some(connections) if connections.len() < self.config.max_size as usize => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!("recycling connection");
+
+                connections.push(ParkedConnection::park(conn));
+                Ok(())
+            }
+            // Full, or the pool has already been shut down.
+            _ => Err(conn),
+        }
+    }
+
+    /// Closes a connection the pool does not keep: QUIT unless it is broken.
+    async fn close(mut conn: AsyncSmtpConnection) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!("closing a connection instead of recycling it");
+
+        conn.abort().await;
     }
 }
 
@@ -234,7 +242,7 @@ impl<E: Executor> Debug for Pool<E> {
             .field(
                 "connections",
                 &match self.connections.try_lock() {
-                    Some(connections) => {
+                    Ok(connections) => {
                         if let Some(connections) = connections.as_ref() {
                             format!("{} connections", connections.len())
                         } else {
@@ -242,7 +250,7 @@ impl<E: Executor> Debug for Pool<E> {
                         }
                     }
 
-                    None => "LOCKED".to_owned(),
+                    Err(_) => "LOCKED".to_owned(),
                 },
             )
             .field("client", &self.client)
@@ -262,7 +270,11 @@ impl<E: Executor> Drop for Pool<E> {
         #[cfg(feature = "tracing")]
         tracing::debug!("dropping Pool");
 
-        let connections = self.connections.get_mut().take();
+        let connections = self
+            .connections
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
         let handle = self.handle.take();
         E::spawn(async move {
             if let Some(handle) = handle {
@@ -322,11 +334,21 @@ impl<E: Executor> Drop for PooledConnection<E> {
             .conn
             .take()
             .expect("AsyncSmtpConnection hasn't been taken yet");
-        let pool = Arc::clone(&self.pool);
-
-        E::spawn(async move {
-            pool.recycle(conn).await;
-        });
+        // Parked before the caller's `send` returns (upstream spawns this):
+        // a caller that bounds its concurrent sends to the pool's `max_size`
+        // then bounds the open sessions too, where upstream let the next
+        // send open a new session while this one waited to be parked.
+        let conn = match self.pool.park(conn) {
+            Ok(()) => return,
+            Err(conn) => conn,
+        };
+        if conn.has_broken() {
+            // Nothing to say to the server: close the socket now, so that
+            // it is not counted alongside a replacement either.
+            drop(conn);
+            return;
+        }
+        E::spawn(Pool::<E>::close(conn));
     }
 }
 
