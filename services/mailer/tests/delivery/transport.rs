@@ -602,3 +602,39 @@ async fn a_list_of_broker_nodes_is_tried_in_turn_past_a_dead_one() {
     let mails = env.wait_for_mail(1, Duration::from_secs(20)).await;
     assert_eq!(mails.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_cut_short_by_the_timeout_never_leaves_its_session_to_the_next_mail() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    // One pooled session, a short timeout, and a ladder too slow to matter:
+    // a mail that fails once stays failed for this test.
+    let _mailer = env
+        .mailer(&[
+            ("MAILER_BIND", &bind),
+            ("MAILER_SMTP_POOL_SIZE", "1"),
+            ("MAILER_SMTP_TIMEOUT", "1s"),
+            ("MAILER_RETRY_DELAYS", "1h"),
+        ])
+        .await;
+    let broker = Broker::connect().await;
+    // The server stops answering in the middle of this exchange.
+    let stalled = verify_event("hang@stall.test", "en", "https://acc.example/s");
+    broker.publish(&env.topology, &stalled.to_vec()).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            outcome_count(port, "retried").await == 1
+        })
+        .await,
+        "the stalled exchange timed out"
+    );
+    // The next mail must not be written into that session.
+    let good = verify_event("next@example.com", "en", "https://acc.example/g");
+    broker.publish(&env.topology, &good.to_vec()).await;
+    let mails = env.wait_for_mail(1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1, "sent on its first try, on a fresh session");
+    assert_eq!(mails[0]["rcpt_tos"][0], "next@example.com");
+    assert_eq!(outcome_count(port, "retried").await, 1);
+}

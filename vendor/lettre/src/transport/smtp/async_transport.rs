@@ -72,7 +72,10 @@ impl AsyncTransport for AsyncSmtpTransport<Tokio1Executor> {
     async fn send_raw(&self, envelope: &Envelope, email: &[u8]) -> Result<Self::Ok, Self::Error> {
         let mut conn = self.inner.connection().await?;
 
-        let result = conn.send(envelope, email).await?;
+        let result = conn.send(envelope, email).await;
+        #[cfg(feature = "pool")]
+        conn.finished();
+        let result = result?;
 
         #[cfg(not(feature = "pool"))]
         conn.abort().await;
@@ -96,7 +99,10 @@ impl AsyncTransport for AsyncSmtpTransport<AsyncStd1Executor> {
     async fn send_raw(&self, envelope: &Envelope, email: &[u8]) -> Result<Self::Ok, Self::Error> {
         let mut conn = self.inner.connection().await?;
 
-        let result = conn.send(envelope, email).await?;
+        let result = conn.send(envelope, email).await;
+        #[cfg(feature = "pool")]
+        conn.finished();
+        let result = result?;
 
         conn.quit().await?;
 
@@ -315,6 +321,8 @@ where
         let mut conn = self.inner.connection().await?;
 
         let is_connected = conn.test_connected().await;
+        #[cfg(feature = "pool")]
+        conn.finished();
 
         #[cfg(not(feature = "pool"))]
         conn.quit().await?;

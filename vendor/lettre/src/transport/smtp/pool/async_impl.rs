@@ -34,6 +34,8 @@ struct ParkedConnection {
 pub(crate) struct PooledConnection<E: Executor> {
     conn: Option<AsyncSmtpConnection>,
     pool: Arc<Pool<E>>,
+    /// Whether the last exchange on it ran to its end (see [`Self::finished`]).
+    clean: bool,
 }
 
 impl<E: Executor> Pool<E> {
@@ -310,7 +312,18 @@ impl<E: Executor> PooledConnection<E> {
         Self {
             conn: Some(conn),
             pool,
+            clean: false,
         }
+    }
+
+    /// Marks the exchange on this connection as complete (its reply read,
+    /// whatever it said), so that it may be parked for reuse. A connection
+    /// dropped without it, because its future was cancelled (a caller's
+    /// timeout) in the middle of a command, may hold a half-written message
+    /// or an unread reply: reusing it would send the next command into the
+    /// message body, or read one mail's verdict as the next one's.
+    pub(crate) fn finished(&mut self) {
+        self.clean = true;
     }
 }
 
@@ -334,6 +347,14 @@ impl<E: Executor> Drop for PooledConnection<E> {
             .conn
             .take()
             .expect("AsyncSmtpConnection hasn't been taken yet");
+        if !self.clean {
+            // Cancelled mid-exchange: out of step with the server. Close the
+            // socket; a QUIT could wait forever for its reply.
+            #[cfg(feature = "tracing")]
+            tracing::debug!("closing a connection whose exchange was cut short");
+            drop(conn);
+            return;
+        }
         // Parked before the caller's `send` returns (upstream spawns this):
         // a caller that bounds its concurrent sends to the pool's `max_size`
         // then bounds the open sessions too, where upstream let the next
