@@ -264,6 +264,14 @@ impl Consumer {
                 (failure.template, outcome)
             }
         };
+        // A publisher names the template: only names this mailer knows
+        // become label values, so no publisher can grow the series without
+        // bound.
+        let template = match template.as_str() {
+            "raw" | "invalid" => template,
+            known if self.pipeline.templates.knows(known) => template,
+            _ => crate::metrics::UNKNOWN_TEMPLATE.to_owned(),
+        };
         metrics::counter!("mailer_messages_total", "template" => template, "outcome" => outcome)
             .increment(1);
     }

@@ -11,11 +11,11 @@
 //!   with `outcome` `sent`, `retried`, `dead`, `held`, `duplicate` and
 //!   `deferred`;
 //! - `template="invalid"` (an envelope that does not parse, or one over
-//!   MAILER_MAX_EVENT_BYTES, never parsed) with `dead`.
+//!   MAILER_MAX_EVENT_BYTES, never parsed) with `dead`;
+//! - `template="unknown"` with `dead`: an event naming a template the mailer
+//!   does not know. Publishers choose template names; only names the mailer
+//!   knows become label values, so no publisher can grow the series.
 //!
-//! An event naming a template the mailer does not know is dead-lettered
-//! under that name, a series that starts at 1; the dead-letter alert also
-//! compares totals to catch it (deploy/observability/rules/).
 //! Histograms (`mailer_smtp_seconds`, `mailer_delivery_seconds`,
 //! `mailer_queue_lag_seconds`) appear with the first mail.
 
@@ -29,6 +29,9 @@ use crate::templates::Templates;
 /// `SIGNUP_REVISION`, else `git rev-parse`, else `unknown`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("SIGNUP_REVISION");
+
+/// The `template` label of events naming a template this mailer cannot render.
+pub const UNKNOWN_TEMPLATE: &str = "unknown";
 
 /// The outcomes `mailer_messages_total` counts per template (`held`: put
 /// back in a retry queue without counting an attempt, while SMTP is
@@ -77,6 +80,8 @@ pub fn describe(templates: &Templates, connected: &AtomicBool) {
                 .increment(0);
         }
     }
+    metrics::counter!("mailer_messages_total", "template" => UNKNOWN_TEMPLATE, "outcome" => "dead")
+        .increment(0);
     metrics::counter!("mailer_messages_total", "template" => "invalid", "outcome" => "dead")
         .increment(0);
 

@@ -241,6 +241,11 @@ impl Templates {
         self.available.iter()
     }
 
+    /// Whether `template` can be rendered in some locale.
+    pub fn knows(&self, template: &str) -> bool {
+        self.available.iter().any(|(t, _)| t == template)
+    }
+
     /// The locale used for `template` when `requested` is asked for: the tag,
     /// its primary language, the default locale, then English.
     pub fn resolve_locale(&self, template: &str, requested: &str) -> Option<String> {

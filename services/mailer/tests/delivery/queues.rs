@@ -110,3 +110,36 @@ async fn the_mailer_reports_what_waits_in_its_retry_and_dead_letter_queues() {
         "as the broker says"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_names_a_publisher_makes_up_never_become_metric_labels() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let _mailer = env.mailer(&[("MAILER_BIND", &bind)]).await;
+    let broker = Broker::connect().await;
+    // A publisher flooding made-up names would otherwise add a series each,
+    // kept for the life of the process.
+    for i in 0..5 {
+        let mut event = verify_event("x@example.com", "en", "https://acc.example/v");
+        if let shared::Body::Template { template, .. } = &mut event.body {
+            *template = format!("made_up_{i}");
+        }
+        broker.publish(&env.topology, &event.to_vec()).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            messages(port, "unknown", "dead").await == Some(5.0)
+        })
+        .await,
+        "counted under template=\"unknown\""
+    );
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("made_up_"), "{text}");
+}
