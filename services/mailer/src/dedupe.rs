@@ -90,6 +90,15 @@ pub enum Claim {
     Busy,
 }
 
+/// Whether a PostgreSQL URL asks for TLS (`sslmode=require`, `verify-ca`
+/// or `verify-full`).
+fn wants_tls(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|u| {
+        u.query_pairs()
+            .any(|(k, v)| k == "sslmode" && matches!(&*v, "require" | "verify-ca" | "verify-full"))
+    })
+}
+
 impl Store {
     /// A store at `url`, connected on first use; ids are kept `retention`.
     pub fn new(url: SecretString, retention: Duration) -> Self {
@@ -103,12 +112,7 @@ impl Store {
 
     async fn connect(&self) -> Result<tokio_postgres::Client, anyhow::Error> {
         let url = self.url.expose_secret();
-        let wants_tls = url::Url::parse(url).is_ok_and(|u| {
-            u.query_pairs().any(|(k, v)| {
-                k == "sslmode" && matches!(&*v, "require" | "verify-ca" | "verify-full")
-            })
-        });
-        let client = if wants_tls {
+        let client = if wants_tls(url) {
             let mut roots = rustls::RootCertStore::empty();
             roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
@@ -250,6 +254,25 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_only_when_the_url_asks_for_it() {
+        for (url, tls) in [
+            ("postgres://u@db/x", false),
+            ("postgres://u@db/x?sslmode=disable", false),
+            ("postgres://u@db/x?sslmode=prefer", false),
+            ("postgres://u@db/x?application_name=require", false),
+            ("postgres://u@db/x?sslmode=require", true),
+            (
+                "postgres://u@db/x?connect_timeout=5&sslmode=verify-full",
+                true,
+            ),
+            ("postgres://u@db/x?sslmode=verify-ca", true),
+            ("not a url", false),
+        ] {
+            assert_eq!(wants_tls(url), tls, "{url}");
+        }
+    }
 
     #[test]
     fn remembers_the_most_recent_ids() {

@@ -143,3 +143,71 @@ async fn template_names_a_publisher_makes_up_never_become_metric_labels() {
         .unwrap();
     assert!(!text.contains("made_up_"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_store_a_failed_send_gives_its_claim_up_for_the_retry() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let store = env.dedupe_database().await;
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let _mailer = env
+        .mailer(&[("MAILER_BIND", &bind), ("MAILER_DEDUPE_URL", &store)])
+        .await;
+    let broker = Broker::connect().await;
+    // 451 on every try: each retry must find the claim given up, not wait
+    // out the lease (MAILER_SMTP_TIMEOUT + 10 s) as if another mailer held it.
+    let event = verify_event("x@tempfail.test", "en", "https://acc.example/v");
+    broker.publish(&env.topology, &event.to_vec()).await;
+    let dead = env.topology.dead_queue();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            broker.count(&dead).await == Some(1)
+        })
+        .await,
+        "the whole ladder was climbed"
+    );
+    assert_eq!(outcome_count(port, "retried").await, 3);
+    assert_eq!(
+        outcome_count(port, "deferred").await,
+        0,
+        "no retry waited on its own claim"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_is_not_dialled_for_every_mail() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    // A "database" that hangs up on every connection, and counts them.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let store_port = listener.local_addr().unwrap().port();
+    let dials = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = dials.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    let store = format!("postgres://postgres@127.0.0.1:{store_port}/x");
+    let _mailer = env.mailer(&[("MAILER_DEDUPE_URL", &store)]).await;
+    let broker = Broker::connect().await;
+    let n = 10;
+    for i in 0..n {
+        let e = verify_event(&format!("s{i}@example.com"), "en", "https://acc.example/v");
+        broker.publish(&env.topology, &e.to_vec()).await;
+    }
+    // The store is best effort: every mail still goes.
+    let started = std::time::Instant::now();
+    assert_eq!(env.wait_for_mail(n, Duration::from_secs(30)).await.len(), n);
+    // After a failed dial the store is left alone for a second: at most one
+    // dial per second of the burst (and the one at start), never one per mail.
+    let dials = dials.load(std::sync::atomic::Ordering::SeqCst);
+    let bound = 2 + started.elapsed().as_secs() as usize;
+    assert!(
+        dials <= bound.min(n / 2),
+        "{dials} dials for {n} mails in {:?}",
+        started.elapsed()
+    );
+}
