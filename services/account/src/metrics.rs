@@ -6,7 +6,7 @@
 //! Label values registered here (the code emits these, and maybe others):
 //! - `account_signups_total{outcome}`: `created`, `renewed`, `exists`
 //! - `account_verifications_total{outcome}`: `verified`, `token-invalid`,
-//!   `token-expired`, `token-used`
+//!   `token-expired`, `token-used`, `verified-by-code`, `code-invalid`
 //! - `account_logins_total{outcome}`: `ok`, `not-verified`, `bad-credentials`
 //! - `account_resends_total{sent}`: `yes`, `no`
 //! - `account_outbox_published_total`
@@ -44,7 +44,14 @@ pub fn describe() {
         "account_verifications_total",
         "Verification attempts by outcome"
     );
-    for outcome in ["verified", "token-invalid", "token-expired", "token-used"] {
+    for outcome in [
+        "verified",
+        "token-invalid",
+        "token-expired",
+        "token-used",
+        "verified-by-code",
+        "code-invalid",
+    ] {
         metrics::counter!("account_verifications_total", "outcome" => outcome).increment(0);
     }
     metrics::describe_counter!("account_logins_total", "Logins by outcome");

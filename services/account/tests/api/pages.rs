@@ -193,6 +193,9 @@ async fn health_readiness_on_both_listeners_and_metrics_only_on_the_admin_one() 
         "http_request_duration_seconds_bucket",
         "account_signups_total{outcome=\"created\"}",
         "account_verifications_total{outcome=\"token-invalid\"}",
+        // At zero before any code was tried: the first wrong code is an increase.
+        "account_verifications_total{outcome=\"code-invalid\"} 0",
+        "account_verifications_total{outcome=\"verified-by-code\"} 0",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
