@@ -782,3 +782,44 @@ fn the_production_example_sets_only_known_variables() {
     account::config::Settings::from_vars(plain()).expect("account settings parse");
     mailer::config::Settings::from_vars(plain()).expect("mailer settings parse");
 }
+
+#[test]
+fn every_example_allow_list_lets_the_account_service_send_all_its_mail() {
+    use shared::envelope::*;
+    // Every template the account service publishes (services/account/src/mails.rs).
+    let sent = [
+        TEMPLATE_VERIFY_EMAIL,
+        TEMPLATE_ACCOUNT_EXISTS,
+        TEMPLATE_RESET_PASSWORD,
+        TEMPLATE_PASSWORD_CHANGED,
+        TEMPLATE_ACCOUNT_DELETED,
+        TEMPLATE_CONFIRM_EMAIL_CHANGE,
+        TEMPLATE_EMAIL_CHANGED,
+    ];
+    let mails = std::fs::read_to_string(root().join("services/account/src/mails.rs")).unwrap();
+    let used = mails.matches("TEMPLATE_").count();
+    assert!(used >= 2 * sent.len(), "a template the list above lacks?");
+    for file in ["deploy/production.env.example", "docs/operations.md"] {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        let lists: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once("MAILER_SOURCES=")?.1.split_whitespace().next())
+            .collect();
+        assert!(!lists.is_empty(), "{file} shows MAILER_SOURCES");
+        for list in lists {
+            let list = list.trim_matches('\'');
+            let account = list
+                .split(';')
+                .find_map(|e| e.strip_prefix("account="))
+                .unwrap_or_else(|| panic!("{file}: no account= entry in {list}"));
+            let allowed: Vec<&str> = account.split(',').collect();
+            for t in sent {
+                assert!(
+                    allowed.contains(&t),
+                    "{file}: MAILER_SOURCES leaves out {t}, which the account service sends; \
+                     copying it would dead-letter that mail"
+                );
+            }
+        }
+    }
+}
