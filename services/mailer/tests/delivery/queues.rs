@@ -211,3 +211,51 @@ async fn an_unreachable_store_is_not_dialled_for_every_mail() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_forgets_ids_past_its_retention_and_keeps_the_rest() {
+    let env = Env::new();
+    let _smtp = env.smtp().await;
+    let store = env.dedupe_database().await;
+    let (client, conn) = tokio_postgres::connect(&store, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows = "SELECT count(*) FROM mailer_accepted";
+    let table_made = || async { client.query_one(rows, &[]).await.is_ok() };
+    // A first mailer makes the table (its purge runs at start).
+    let first = env.mailer(&[("MAILER_DEDUPE_URL", &store)]).await;
+    assert!(wait_until(Duration::from_secs(20), table_made).await);
+    assert!(first.terminate().await.success());
+    client
+        .batch_execute(
+            "INSERT INTO mailer_accepted (event_id, claimed_at, accepted_at) VALUES \
+             (gen_random_uuid(), now() - interval '2 hours', now() - interval '2 hours'), \
+             (gen_random_uuid(), now(), now())",
+        )
+        .await
+        .unwrap();
+    // The next one purges at start: ids older than an hour go.
+    let _second = env
+        .mailer(&[
+            ("MAILER_DEDUPE_URL", &store),
+            ("MAILER_DEDUPE_RETENTION", "1h"),
+        ])
+        .await;
+    let count = || async { client.query_one(rows, &[]).await.unwrap().get::<_, i64>(0) };
+    assert!(
+        wait_until(Duration::from_secs(20), || async { count().await == 1 }).await,
+        "the old id is purged"
+    );
+    let recent =
+        "SELECT count(*) FROM mailer_accepted WHERE claimed_at > now() - interval '1 minute'";
+    assert_eq!(
+        client
+            .query_one(recent, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        1,
+        "the recent one stays"
+    );
+}
