@@ -253,6 +253,20 @@ mod tests {
         let mut h = FieldTable::default();
         h.insert(ATTEMPT.into(), AMQPValue::LongInt(3));
         assert_eq!(attempt_of(&BasicProperties::default().with_headers(h)), 3);
+        // Other tools (a shovel, a script requeueing by hand) may write it
+        // with another integer type; a negative count is no count.
+        for (value, n) in [
+            (AMQPValue::LongLongInt(4), 4),
+            (AMQPValue::ShortInt(5), 5),
+            (AMQPValue::LongUInt(6), 6),
+            (AMQPValue::LongInt(-1), 0),
+            (AMQPValue::LongString("7".into()), 0),
+        ] {
+            let mut h = FieldTable::default();
+            h.insert(ATTEMPT.into(), value.clone());
+            let props = BasicProperties::default().with_headers(h);
+            assert_eq!(attempt_of(&props), n, "{value:?}");
+        }
     }
 
     #[test]
