@@ -234,7 +234,10 @@ try {
     await pageA.waitForLoadState("load");
     await sleep(1500);
     const beforeClick = { url: pageA.url(), text: await pageA.innerText("body") };
-    await Promise.all([pageA.waitForLoadState("load"), pageA.click("#verify button[type=submit]")]);
+    // The page asks for B's sign-up password; A types their own (the
+    // attacker's is not theirs to know) and presses the button.
+    await pageA.fill("#password", "a good long password, but A's");
+    await Promise.all([pageA.waitForNavigation({ waitUntil: "load" }), pageA.click("#verify button[type=submit]")]);
     await pageA.waitForSelector("h1");
     await pageA.screenshot({ path: join(dir, "e2e-signed-in-opens-other-link.png"), fullPage: true });
     const afterClick = { url: pageA.url(), text: await pageA.innerText("body") };

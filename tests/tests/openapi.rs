@@ -71,7 +71,8 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
         .unwrap();
     let res = client
         .post(format!("{base}/api/v1/verify"))
-        .json(&json!({"token": token}))
+        // This client kept no cookie: it proves the sign-up's password.
+        .json(&json!({"token": token, "password": "password-123"}))
         .send()
         .await
         .unwrap();

@@ -22,12 +22,15 @@ use crate::schema::users;
 use crate::sessions::{self, SessionInfo, SessionToken, SessionUser};
 use crate::token::{self, BINDING_LEN, Claims, KeyRing, TokenError};
 
-/// The browser an operation runs for: its session cookie, its user agent
-/// (kept with a new session, to show the person), and whether its client
-/// is still connected (work for a client that left is skipped).
+/// The browser an operation runs for: its session cookie, its link-binding
+/// cookie, its user agent (kept with a new session, to show the person),
+/// and whether its client is still connected (work for a client that left
+/// is skipped).
 #[derive(Clone, Default)]
 pub struct Client {
     pub session: Option<String>,
+    /// The binding cookie a sign-up set on this browser (see `binding`).
+    pub binding: Option<String>,
     pub user_agent: Option<String>,
     pub still_there: Option<StillThere>,
 }
@@ -65,6 +68,13 @@ pub enum AccountError {
     Token(#[from] TokenError),
     #[error("the link was already used or replaced by a newer one")]
     TokenUsed { email: String },
+    /// A verification from a browser other than the sign-up's, without the
+    /// sign-up's password (`wrong`: with another one). Nothing changed: the
+    /// link or code stays good.
+    #[error(
+        "this browser did not sign up for the account: the password chosen at sign-up is needed"
+    )]
+    PasswordNeeded { wrong: bool },
     #[error("a backing service is unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
@@ -112,6 +122,8 @@ impl AccountError {
             Self::Token(TokenError::Expired(_)) => "token-expired",
             Self::Token(_) => "token-invalid",
             Self::TokenUsed { .. } => "token-used",
+            Self::PasswordNeeded { wrong: false } => "password-needed",
+            Self::PasswordNeeded { wrong: true } => "password-wrong",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -152,6 +164,20 @@ struct UserState {
     email_epoch: i32,
     verify_code_hash: Option<Vec<u8>>,
     verify_code_attempts: i32,
+    verify_binding: Option<Vec<u8>>,
+}
+
+impl UserState {
+    /// The binding of the browser whose sign-up chose the pending password.
+    fn binding(&self) -> Option<[u8; BINDING_LEN]> {
+        self.verify_binding.as_deref()?.try_into().ok()
+    }
+
+    /// Whether `client` is the browser whose sign-up chose the pending
+    /// password (it holds that sign-up's binding cookie).
+    fn signed_up_in(&self, client: &Client) -> bool {
+        crate::binding::matches(client.binding.as_deref(), self.binding().as_ref())
+    }
 }
 
 /// An account event about `user` (its address and language as stored).
@@ -223,6 +249,7 @@ impl Accounts {
                         users::locale.eq(lang.tag()),
                         users::verification_sent_at.eq(Utc::now()),
                         users::verify_code_hash.eq(code.hash(keys, new_id)),
+                        users::verify_binding.eq(binding.map(|b| b.to_vec())),
                     ))
                     .on_conflict(users::email_key)
                     .do_nothing()
@@ -263,6 +290,9 @@ impl Accounts {
                         users::locale.eq(lang.tag()),
                         users::verify_epoch.eq(epoch),
                         users::verification_sent_at.eq(Utc::now()),
+                        // This browser chose the password now: only it
+                        // verifies without typing it.
+                        users::verify_binding.eq(binding.map(|b| b.to_vec())),
                     ))
                     .execute(conn)
                     .await?;
@@ -311,23 +341,15 @@ impl Accounts {
 
     /// Sends a fresh verification link to an unverified address, at most once per cooldown.
     /// Returns whether a mail was queued; the caller answers 202 either way.
-    pub async fn resend(
-        &self,
-        email: Email,
-        lang: Lang,
-        binding: Option<[u8; BINDING_LEN]>,
-    ) -> Result<bool, AccountError> {
-        self.resend_key(&email.key(), Some(lang), binding).await
+    /// The link is bound to the sign-up's browser, not to the one asking:
+    /// asking proves nothing about the password.
+    pub async fn resend(&self, email: Email, lang: Lang) -> Result<bool, AccountError> {
+        self.resend_key(&email.key(), Some(lang)).await
     }
 
     /// The resend behind [`Self::resend`] and a login with an unverified
     /// address; `lang` `None` mails in the account's own language.
-    async fn resend_key(
-        &self,
-        key: &str,
-        lang: Option<Lang>,
-        binding: Option<[u8; BINDING_LEN]>,
-    ) -> Result<bool, AccountError> {
+    async fn resend_key(&self, key: &str, lang: Option<Lang>) -> Result<bool, AccountError> {
         let mut conn = self.pool.get().await?;
         let cooldown =
             chrono::Duration::from_std(self.settings.resend_cooldown).unwrap_or_default();
@@ -358,7 +380,7 @@ impl Accounts {
                     &user.email,
                     user.verify_epoch,
                     lang,
-                    binding,
+                    user.binding(),
                     &code,
                 );
                 outbox::enqueue(conn, &mail, user.id).await?;
@@ -384,6 +406,15 @@ impl Accounts {
             .first(&mut conn)
             .await
             .optional()?;
+        Self::check_verification(user, &claims)?;
+        Ok(claims)
+    }
+
+    /// The account a verification link is for, if the link is its live one.
+    fn check_verification(
+        user: Option<UserState>,
+        claims: &Claims,
+    ) -> Result<UserState, AccountError> {
         match user {
             None => Err(AccountError::Token(TokenError::Forged)),
             Some(u)
@@ -392,16 +423,25 @@ impl Accounts {
             {
                 Err(AccountError::TokenUsed { email: u.email })
             }
-            Some(_) => Ok(claims),
+            Some(u) => Ok(u),
         }
     }
 
     /// Consumes a verification token: marks the address verified and opens a
     /// session, unless the browser holds a live session of another user,
     /// which it keeps (a link someone else sent must not swap the account a
-    /// person is signed in to).
-    pub async fn verify(&self, token: &str, client: &Client) -> Result<Verified, AccountError> {
-        let result = self.verify_inner(token, client).await;
+    /// person is signed in to). Only the browser whose sign-up chose the
+    /// password verifies with the link alone; anywhere else `password`
+    /// must be that password, or nothing happens (`PasswordNeeded`): a
+    /// stranger who signed up someone else's address cannot have it
+    /// verified with the stranger's password by its owner's click.
+    pub async fn verify(
+        &self,
+        token: &str,
+        password: Option<Password>,
+        client: &Client,
+    ) -> Result<Verified, AccountError> {
+        let result = self.verify_inner(token, password, client).await;
         let outcome = match &result {
             Ok(_) => "verified",
             Err(e) => e.label(),
@@ -410,27 +450,47 @@ impl Accounts {
         result
     }
 
-    async fn verify_inner(&self, token: &str, client: &Client) -> Result<Verified, AccountError> {
+    async fn verify_inner(
+        &self,
+        token: &str,
+        password: Option<Password>,
+        client: &Client,
+    ) -> Result<Verified, AccountError> {
         let claims = self.keys.open(token::VERIFY_EMAIL, token, Utc::now())?;
+        // The password check (slow) runs before the transaction, so no row
+        // lock waits on it; the epoch check inside catches a sign-up that
+        // replaced the password meanwhile.
+        let user: Option<UserState> = users::table
+            .find(claims.user_id)
+            .select(UserState::as_select())
+            .first(&mut self.pool.get().await?)
+            .await
+            .optional()?;
+        let user = Self::check_verification(user, &claims)?;
+        if !user.signed_up_in(client) {
+            let Some(password) = password else {
+                return Err(AccountError::PasswordNeeded { wrong: false });
+            };
+            let hash = Some(user.password_hash.clone());
+            if !self
+                .hasher
+                .verify(password, hash, client.still_there.clone())
+                .await?
+            {
+                return Err(AccountError::PasswordNeeded { wrong: true });
+            }
+        }
         let mut conn = self.pool.get().await?;
         let settings = &self.settings;
         conn.transaction::<_, AccountError, _>(async |conn| {
-            let user: Option<UserState> = users::table
-                .find(claims.user_id)
-                .for_update()
-                .select(UserState::as_select())
-                .first(conn)
-                .await
-                .optional()?;
-            let Some(user) = user else {
-                return Err(AccountError::Token(TokenError::Forged));
-            };
-            if user.email_key != claims.email.to_ascii_lowercase()
-                || user.verify_epoch != claims.epoch
-            {
-                return Err(AccountError::TokenUsed { email: user.email });
+            let locked = Self::lock(conn, claims.user_id).await?;
+            let locked = Self::check_verification(locked, &claims)?;
+            if locked.password_hash != user.password_hash {
+                return Err(AccountError::TokenUsed {
+                    email: locked.email,
+                });
             }
-            Self::mark_verified(conn, &user, client, settings).await
+            Self::mark_verified(conn, &locked, client, settings).await
         })
         .await
     }
@@ -476,16 +536,20 @@ impl Accounts {
     }
 
     /// Verifies an address by the code of its newest verification mail,
-    /// like the link (same session rules). Unknown addresses, wrong codes
-    /// and dead codes (five wrong tries, a newer mail) all answer
-    /// `CodeInvalid`; only the right code of a used mail says `TokenUsed`.
+    /// like the link (same session rules, same password rule: outside the
+    /// sign-up's browser `password` must be the sign-up's). Unknown
+    /// addresses, wrong codes and dead codes (five wrong tries, a newer
+    /// mail) all answer `CodeInvalid`; only the right code of a used mail
+    /// says `TokenUsed`. A right code without the password it needs stays
+    /// good and counts no try.
     pub async fn verify_code(
         &self,
         email: Email,
         code: &str,
+        password: Option<Password>,
         client: &Client,
     ) -> Result<Verified, AccountError> {
-        let result = self.verify_code_inner(email, code, client).await;
+        let result = self.verify_code_inner(email, code, password, client).await;
         let outcome = match &result {
             Ok(_) => "verified-by-code",
             Err(e) => e.label(),
@@ -498,12 +562,32 @@ impl Accounts {
         &self,
         email: Email,
         code: &str,
+        password: Option<Password>,
         client: &Client,
     ) -> Result<Verified, AccountError> {
         let code = Code::parse(code).ok_or(AccountError::CodeInvalid)?;
+        let key = email.key();
+        // A typed password is checked first, outside the transaction (it is
+        // slow), against the hash it must still be inside; an unknown
+        // address costs the same.
+        let typed = match password {
+            None => None,
+            Some(password) => {
+                let hash: Option<String> = users::table
+                    .filter(users::email_key.eq(&key))
+                    .select(users::password_hash)
+                    .first(&mut self.pool.get().await?)
+                    .await
+                    .optional()?;
+                let right = self
+                    .hasher
+                    .verify(password, hash.clone(), client.still_there.clone())
+                    .await?;
+                Some(hash.filter(|_| right))
+            }
+        };
         let mut conn = self.pool.get().await?;
         let (keys, settings) = (&self.keys, &self.settings);
-        let key = email.key();
         // A wrong guess must count even though the answer is an error, so
         // the transaction answers Ok with the outcome and the error is
         // raised after the commit.
@@ -533,6 +617,15 @@ impl Accounts {
                     .execute(conn)
                     .await?;
                 return Ok(Err(AccountError::CodeInvalid));
+            }
+            if !user.signed_up_in(client) {
+                match &typed {
+                    None => return Ok(Err(AccountError::PasswordNeeded { wrong: false })),
+                    Some(proven) if proven.as_deref() != Some(user.password_hash.as_str()) => {
+                        return Ok(Err(AccountError::PasswordNeeded { wrong: true }));
+                    }
+                    Some(_) => {}
+                }
             }
             Ok(Ok(Self::mark_verified(conn, &user, client, settings).await?))
         })
@@ -607,7 +700,7 @@ impl Accounts {
                 // wrong password's.
                 let this = self.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = this.resend_key(&key, None, None).await {
+                    if let Err(e) = this.resend_key(&key, None).await {
                         tracing::warn!(error = %e, "could not re-send a verification link at login");
                     }
                 });

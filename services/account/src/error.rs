@@ -43,6 +43,8 @@ pub enum AppError {
     TokenUsed { email: String },
     #[error("the code is wrong, expired or was tried too often; ask for a new mail")]
     CodeInvalid,
+    #[error("this browser did not sign up for the account")]
+    PasswordNeeded { wrong: bool },
     #[error("the address now belongs to another account")]
     EmailTaken,
     #[error("temporarily unavailable")]
@@ -64,6 +66,7 @@ impl From<AccountError> for AppError {
             AccountError::Abandoned => Self::Busy(Duration::from_secs(1)),
             AccountError::Token(t) => Self::Token(t),
             AccountError::TokenUsed { email } => Self::TokenUsed { email },
+            AccountError::PasswordNeeded { wrong } => Self::PasswordNeeded { wrong },
             AccountError::Unavailable(e) => Self::Unavailable(e),
             AccountError::Internal(e) => Self::Internal(e),
         }
@@ -89,6 +92,8 @@ impl AppError {
             Self::Token(_) => "token-invalid",
             Self::TokenUsed { .. } => "token-used",
             Self::CodeInvalid => "code-invalid",
+            Self::PasswordNeeded { wrong: false } => "password-needed",
+            Self::PasswordNeeded { wrong: true } => "password-wrong",
             Self::EmailTaken => "email-taken",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
@@ -105,6 +110,17 @@ impl AppError {
                 "The link has expired; ask for a new one at /api/v1/verification/resend.".into()
             }
             Self::Token(_) => "The link is malformed, damaged or not ours.".into(),
+            Self::PasswordNeeded { wrong: false } => {
+                "This client did not sign up for the account: send the password chosen at \
+                 sign-up as `password`, or set a new one through /api/v1/password/forgot. \
+                 The link or code stays good."
+                    .into()
+            }
+            Self::PasswordNeeded { wrong: true } => {
+                "The password is not the one chosen at sign-up; set a new one through \
+                 /api/v1/password/forgot. The link or code stays good."
+                    .into()
+            }
             Self::Unavailable(_) => "A backing service is unavailable; retry shortly.".into(),
             Self::Internal(_) => "An internal error occurred; it has been logged.".into(),
             other => other.to_string(),
@@ -134,7 +150,7 @@ impl ResponseError for AppError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized | Self::BadCredentials => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::PasswordNeeded { .. } => StatusCode::FORBIDDEN,
             Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Token(TokenError::Expired(_)) => StatusCode::GONE,
             Self::Token(_) => StatusCode::BAD_REQUEST,

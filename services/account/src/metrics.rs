@@ -6,7 +6,8 @@
 //! Label values registered here (the code emits these, and maybe others):
 //! - `account_signups_total{outcome}`: `created`, `renewed`, `exists`
 //! - `account_verifications_total{outcome}`: `verified`, `token-invalid`,
-//!   `token-expired`, `token-used`, `verified-by-code`, `code-invalid`
+//!   `token-expired`, `token-used`, `verified-by-code`, `code-invalid`,
+//!   `password-needed`, `password-wrong`
 //! - `account_logins_total{outcome}`: `ok`, `not-verified`, `bad-credentials`
 //! - `account_resends_total{sent}`: `yes`, `no`
 //! - `account_outbox_published_total`
@@ -51,6 +52,8 @@ pub fn describe() {
         "token-used",
         "verified-by-code",
         "code-invalid",
+        "password-needed",
+        "password-wrong",
     ] {
         metrics::counter!("account_verifications_total", "outcome" => outcome).increment(0);
     }

@@ -15,6 +15,7 @@ diesel::table! {
         email_epoch -> Int4,
         verify_code_hash -> Nullable<Bytea>,
         verify_code_attempts -> Int4,
+        verify_binding -> Nullable<Bytea>,
     }
 }
 

@@ -95,6 +95,9 @@ pub struct Answers {
     pub by_status: BTreeMap<String, usize>,
 }
 
+/// The password every flood sign-up chooses.
+pub const FLOOD_PASSWORD: &str = "a fault-tolerant password";
+
 /// Sign-ups posted by `concurrency` workers to the `targets` (account base
 /// URLs) in turn, with fresh addresses `<prefix>-<n>@example.com`, until
 /// `want` were accepted (at most four times as many tries).
@@ -125,7 +128,7 @@ impl Flood {
                     }
                     let email = format!("{prefix}-{i}@example.com");
                     let url = format!("{}/api/v1/signup", targets[i % targets.len()]);
-                    let body = json!({"email": email, "password": "a fault-tolerant password"});
+                    let body = json!({"email": email, "password": FLOOD_PASSWORD});
                     let status = match client.post(&url).json(&body).send().await {
                         Ok(res) => res.status().as_u16().to_string(),
                         Err(_) => "no answer".to_owned(),
@@ -221,8 +224,9 @@ pub fn link_in(mail: &Value) -> String {
 }
 
 /// Follows a mailed verification link through `account` (a base URL) as the
-/// API does: `POST /api/v1/verify`, then `GET /api/v1/me` with the session.
-/// Returns the address the session belongs to.
+/// API does: `POST /api/v1/verify` with the flood's password (this client
+/// did not sign up), then `GET /api/v1/me` with the session. Returns the
+/// address the session belongs to.
 pub async fn sign_in_with(account: &str, link: &str) -> Result<String, String> {
     let token = url_token(link).ok_or_else(|| format!("no token in {link}"))?;
     let client = reqwest::Client::builder()
@@ -231,7 +235,7 @@ pub async fn sign_in_with(account: &str, link: &str) -> Result<String, String> {
         .unwrap();
     let res = client
         .post(format!("{account}/api/v1/verify"))
-        .json(&json!({"token": token}))
+        .json(&json!({"token": token, "password": FLOOD_PASSWORD}))
         .send()
         .await
         .map_err(|e| e.to_string())?;

@@ -217,15 +217,13 @@ pub(crate) async fn resend(
         .and_then(|e| Email::parse(&e))
         .map_err(|e| AppError::Validation(vec![e]))?;
     rate_limit(&req, &state, Action::Resend, &email).await?;
-    let (binding, cookie) = new_binding(&state.settings);
+    // The link stays bound to the sign-up's client (asking for it again
+    // proves nothing about the password), so no new binding cookie.
     state
         .accounts
-        .resend(email, super::lang(&req, &state), Some(binding.hash()))
+        .resend(email, super::lang(&req, &state))
         .await?;
-    let mut res = accepted();
-    res.add_cookie(&cookie)
-        .map_err(|e| AppError::Internal(e.into()))?;
-    Ok(res)
+    Ok(accepted())
 }
 
 /// Either the link's token, or the address and the code of its mail.
@@ -239,18 +237,24 @@ pub(crate) struct VerifyRequest {
     /// The six digits of the same mail (spaces and dashes ignored).
     #[schema(pattern = "^[0-9 -]{6,8}$")]
     code: Option<String>,
+    /// The password chosen at sign-up: needed unless this client holds the
+    /// sign-up's binding cookie (a single-page app that signed up through
+    /// `/api/v1/signup` does).
+    #[schema(max_length = 512)]
+    password: Option<String>,
 }
 
 #[utoipa::path(
     post,
     path = "/api/v1/verify",
     tag = "account",
-    description = "Verifies an address by the link's token, or by the address and the code of the same mail, and signs in.",
+    description = "Verifies an address by the link's token, or by the address and the code of the same mail, and signs in. A client other than the one that signed up (no sign-up binding cookie) must also send the password chosen at sign-up: someone who signs up another person's address cannot have it verified with their own password.",
     request_body = VerifyRequest,
     responses(
         (status = 200, description = "Verified and signed in (Set-Cookie)", body = VerifyResponse),
         (status = 400, description = "The token is malformed, damaged or not ours; the code is wrong, dead or the address unknown; or the body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The link was already used, or a newer one replaced it", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This client did not sign up for the account and `password` is missing (`/problems/password-needed`) or not the sign-up's (`/problems/password-wrong`); nothing changed", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The link has expired", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
@@ -273,15 +277,22 @@ pub(crate) async fn verify(
         session: None,
         ..client(&req, &state.settings)
     };
+    let password = match body.password.filter(|p| !p.is_empty()) {
+        None => None,
+        Some(p) => Some(Password::parse_login(p).map_err(|e| AppError::Validation(vec![e]))?),
+    };
     let verified = match (body.token, body.email, body.code) {
-        (Some(token), _, _) => state.accounts.verify(&token, &client).await?,
+        (Some(token), _, _) => state.accounts.verify(&token, password, &client).await?,
         (None, email, code) => {
             let (email, code) = fields(
                 required(email, "email").and_then(|e| Email::parse(&e)),
                 required(code, "code"),
             )?;
             rate_limit(&req, &state, Action::Code, &email).await?;
-            state.accounts.verify_code(email, &code, &client).await?
+            state
+                .accounts
+                .verify_code(email, &code, password, &client)
+                .await?
         }
     };
     let mut res = HttpResponse::Ok();

@@ -121,6 +121,7 @@ pub fn new_binding(settings: &Settings) -> (Binding, Cookie<'static>) {
 pub fn client(req: &HttpRequest, settings: &Settings) -> Client {
     Client {
         session: session_token(req, settings),
+        binding: Jar::Binding.value(req, settings),
         user_agent: req
             .headers()
             .get(actix_web::http::header::USER_AGENT)

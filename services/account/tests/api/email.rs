@@ -202,6 +202,8 @@ async fn code_for(app: &mut TestApp, email: &str) -> (String, String) {
     (code, token_of(&verify_url(&e)))
 }
 
+/// The code posted by `client`, with the sign-up's password (every sign-up
+/// here chooses `password-123`; `client` is usually not the sign-up's).
 async fn by_code(
     app: &TestApp,
     client: &reqwest::Client,
@@ -210,7 +212,7 @@ async fn by_code(
 ) -> reqwest::Response {
     client
         .post(app.url("/api/v1/verify"))
-        .json(&json!({"email": email, "code": code}))
+        .json(&json!({"email": email, "code": code, "password": "password-123"}))
         .send()
         .await
         .unwrap()

@@ -5,6 +5,7 @@ mod credentials;
 mod email;
 mod events;
 mod helpers;
+mod hijack;
 mod limits;
 mod openapi;
 mod outage;

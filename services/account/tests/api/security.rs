@@ -62,11 +62,16 @@ async fn only_the_browser_that_asked_for_the_link_is_signed_in_without_a_click()
         1
     );
 
-    // The button works: pressing it verifies and signs that browser in.
+    // The button works with the sign-up's password (see hijack.rs for
+    // why it is needed here): it verifies and signs that browser in.
     let csrf = csrf_in(&html);
     let res = other
         .post(app.url("/verify"))
-        .form(&[("token", token_of(&url).as_str()), ("csrf", &csrf)])
+        .form(&[
+            ("token", token_of(&url).as_str()),
+            ("password", "password-123"),
+            ("csrf", &csrf),
+        ])
         .send()
         .await
         .unwrap();
@@ -105,10 +110,32 @@ async fn a_browser_signed_in_as_someone_else_keeps_its_session_when_it_opens_a_l
     let b_link = link_for(&mut app, &attacker, "b@example.com").await;
     let (_, html) = page(&victim, &b_link).await;
     assert!(!html.contains("<script"), "not the browser that signed up");
+    // Pressed as is, it needs B's password, which the victim does not have:
+    // nothing happens.
     let res = victim
         .post(app.url("/verify?lang=en"))
         .form(&[
             ("token", token_of(&b_link).as_str()),
+            ("csrf", &csrf_in(&html)),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(session_set(res.headers()).is_none());
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM users WHERE verified_at IS NOT NULL")
+            .await,
+        1,
+        "B is not verified by the victim's click"
+    );
+    // Someone who knows B's password (a person with two accounts) verifies
+    // B in a browser signed in as A: A's session stays.
+    let res = victim
+        .post(app.url("/verify?lang=en"))
+        .form(&[
+            ("token", token_of(&b_link).as_str()),
+            ("password", "password-123"),
             ("csrf", &csrf_in(&html)),
         ])
         .send()
@@ -140,7 +167,7 @@ async fn a_browser_signed_in_as_someone_else_keeps_its_session_when_it_opens_a_l
     let c_link = link_for(&mut app, &browser(), "c@example.com").await;
     let res = victim
         .post(app.url("/api/v1/verify"))
-        .json(&json!({"token": token_of(&c_link)}))
+        .json(&json!({"token": token_of(&c_link), "password": "password-123"}))
         .send()
         .await
         .unwrap();

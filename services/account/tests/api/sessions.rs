@@ -5,10 +5,11 @@ use crate::helpers::*;
 async fn verified_user(app: &mut TestApp, email: &str, password: &str) {
     assert_eq!(app.signup(email, password).await.status(), 202);
     let token = token_of(&verify_url(&app.next_event(WAIT).await));
+    // Another client than the sign-up's: it sends the sign-up's password.
     let verifier = reqwest::Client::new();
     let res = verifier
         .post(app.url("/api/v1/verify"))
-        .json(&json!({"token": token}))
+        .json(&json!({"token": token, "password": password}))
         .send()
         .await
         .unwrap();

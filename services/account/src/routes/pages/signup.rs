@@ -73,27 +73,23 @@ pub(super) async fn resend(
     form: web::Form<EmailForm>,
 ) -> HttpResponse {
     let page = page(&req, &state);
-    let (binding, cookie) = new_binding(&state.settings);
     let result = async {
         guard(&req, &state, &form.csrf)?;
         let email = Email::parse(&form.email).map_err(|e| AppError::Validation(vec![e]))?;
         rate_limit(&req, &state, Action::Resend, &email).await?;
-        let hash = Some(binding.hash());
-        Ok::<_, AppError>(state.accounts.resend(email, page.lang, hash).await?)
+        // No new binding cookie: the link stays bound to the sign-up's
+        // browser, whose cookie this must not replace.
+        Ok::<_, AppError>(state.accounts.resend(email, page.lang).await?)
     }
     .await;
     match result {
-        Ok(_) => {
-            let mut res = state.views.notice(
-                &page,
-                StatusCode::ACCEPTED,
-                "resend_title",
-                "resend_done_body",
-                context! {},
-            );
-            let _ = res.add_cookie(&cookie);
-            res
-        }
+        Ok(_) => state.views.notice(
+            &page,
+            StatusCode::ACCEPTED,
+            "resend_title",
+            "resend_done_body",
+            context! {},
+        ),
         Err(AppError::Validation(_)) => state.views.notice(
             &page,
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::super::forms::{guard, page};
 use super::super::{Action, Jar, client, rate_limit, session_cookie};
 use crate::accounts::Verified;
-use crate::domain::Email;
+use crate::domain::{Email, Password};
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::token::TokenError;
@@ -21,8 +21,9 @@ pub(super) struct TokenQuery {
 }
 
 /// GET never consumes the token: link scanners fetch it too. It names the
-/// address; in the browser that asked for the link the page posts itself,
-/// anywhere else the person presses a button that says whose account it is.
+/// address; in the browser that signed up the page posts itself, anywhere
+/// else the person types the password chosen at sign-up and presses a
+/// button that says whose account it is.
 pub(super) async fn verify_page(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -58,7 +59,31 @@ pub(super) struct TokenForm {
     #[serde(default)]
     token: String,
     #[serde(default)]
+    password: String,
+    #[serde(default)]
     csrf: String,
+}
+
+/// A typed password, if any (an empty field is none).
+fn typed(password: String) -> Result<Option<Password>, AppError> {
+    if password.is_empty() {
+        return Ok(None);
+    }
+    Password::parse_login(password)
+        .map(Some)
+        .map_err(|e| AppError::Validation(vec![e]))
+}
+
+/// The page's message for a verification that needs the sign-up's password.
+fn password_message(lang: crate::i18n::Lang, wrong: bool) -> &'static str {
+    crate::views::text(
+        lang,
+        if wrong {
+            "password_wrong"
+        } else {
+            "password_needed"
+        },
+    )
 }
 
 pub(super) async fn verify(
@@ -67,14 +92,38 @@ pub(super) async fn verify(
     form: web::Form<TokenForm>,
 ) -> HttpResponse {
     let page = page(&req, &state);
+    let form = form.into_inner();
     let result = async {
         guard(&req, &state, &form.csrf)?;
         let client = client(&req, &state.settings);
-        Ok::<_, AppError>(state.accounts.verify(&form.token, &client).await?)
+        let password = typed(form.password)?;
+        Ok::<_, AppError>(
+            state
+                .accounts
+                .verify(&form.token, password, &client)
+                .await?,
+        )
     }
     .await;
     match result {
         Ok(verified) => answer(&state, &page, verified),
+        // Nothing changed: the same page again, saying what it needs.
+        Err(AppError::PasswordNeeded { wrong }) => {
+            match state.accounts.inspect_verification(&form.token).await {
+                Ok(claims) => state.views.render(
+                    &page,
+                    StatusCode::FORBIDDEN,
+                    "verify.html",
+                    context! {
+                        token => form.token,
+                        email => claims.email,
+                        same_browser => false,
+                        message => password_message(page.lang, wrong),
+                    },
+                ),
+                Err(e) => state.views.error_page(&page, e.into()),
+            }
+        }
         Err(e) => state.views.error_page(&page, e),
     }
 }
@@ -124,6 +173,8 @@ pub(super) struct CodeForm {
     #[serde(default)]
     code: String,
     #[serde(default)]
+    password: String,
+    #[serde(default)]
     csrf: String,
 }
 
@@ -141,10 +192,11 @@ pub(super) async fn code(
         let email = Email::parse(&form.email).map_err(|e| AppError::Validation(vec![e]))?;
         rate_limit(&req, &state, Action::Code, &email).await?;
         let client = client(&req, &state.settings);
+        let password = typed(form.password)?;
         Ok::<_, AppError>(
             state
                 .accounts
-                .verify_code(email, &form.code, &client)
+                .verify_code(email, &form.code, password, &client)
                 .await?,
         )
     }
@@ -157,17 +209,21 @@ pub(super) async fn code(
             &errors,
             context! { email => form.email },
         ),
-        Err(e @ (AppError::CodeInvalid | AppError::RateLimited(_))) => {
+        Err(
+            e
+            @ (AppError::CodeInvalid | AppError::RateLimited(_) | AppError::PasswordNeeded { .. }),
+        ) => {
             use actix_web::ResponseError;
             let message = match e {
-                AppError::CodeInvalid => "code_invalid",
-                _ => "rate_limited",
+                AppError::CodeInvalid => crate::views::text(page.lang, "code_invalid"),
+                AppError::PasswordNeeded { wrong } => password_message(page.lang, wrong),
+                _ => crate::views::text(page.lang, "rate_limited"),
             };
             let mut res = state.views.render(
                 &page,
                 e.status_code(),
                 "code.html",
-                context! { email => form.email, message => crate::views::text(page.lang, message) },
+                context! { email => form.email, message },
             );
             if let Some(secs) = e.retry_after() {
                 res.headers_mut().insert(header::RETRY_AFTER, secs.into());
