@@ -286,6 +286,11 @@ pub struct PrivateRabbit {
 }
 
 impl PrivateRabbit {
+    /// The folder holding the nodes' data and logs (removed on drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Starts `n` nodes and joins them into one cluster.
     pub async fn start(n: usize) -> Self {
         let dir = instance_dir("rabbit");

@@ -269,3 +269,33 @@ async fn delete_topology(t: &Topology, delays: &[Duration]) {
     }
     let _ = conn.close(200, "bye".into()).await;
 }
+
+/// Copies folders (service and broker logs) to
+/// `target/reliability/<name>-failed/` when dropped during a panic, so a
+/// failed suite leaves its evidence behind; does nothing on success. Declare
+/// it after what writes the logs and before what removes them.
+pub struct KeepOnFailure {
+    pub name: &'static str,
+    pub folders: Vec<PathBuf>,
+}
+
+impl Drop for KeepOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let to = root()
+            .join("target/reliability")
+            .join(format!("{}-failed", self.name));
+        let _ = std::fs::remove_dir_all(&to);
+        let _ = std::fs::create_dir_all(&to);
+        for from in &self.folders {
+            let _ = std::process::Command::new("cp")
+                .arg("-r")
+                .arg(from)
+                .arg(&to)
+                .status();
+        }
+        eprintln!("{}: logs kept in {}", self.name, to.display());
+    }
+}
