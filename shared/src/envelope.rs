@@ -510,4 +510,89 @@ mod tests {
         v["data"] = json!("text");
         assert!(reason(v).contains("invalid type"));
     }
+
+    /// A raw-content envelope as JSON, to bend field by field.
+    fn raw() -> Value {
+        json!({
+            "id": Uuid::new_v4(), "version": 1, "created_at": "2026-11-24T10:00:00Z",
+            "source": "billing", "to": {"email": "a@example.com"}, "locale": "en",
+            "content": {"subject": "Invoice", "html": "<p>hi</p>", "text": "hi"}
+        })
+    }
+
+    fn accepted(v: &Value) -> bool {
+        MailSend::from_slice(v.to_string().as_bytes()).is_ok()
+    }
+
+    #[test]
+    fn a_version_past_u32_is_named_as_unsupported() {
+        let mut v = raw();
+        v["version"] = json!(4_294_967_296_u64);
+        assert_eq!(
+            reason(v),
+            "invalid envelope: unsupported version 4294967296"
+        );
+    }
+
+    #[test]
+    fn the_address_may_be_254_characters_and_no_more() {
+        // 64 + 1 + 189 = 254: a valid address at the bound.
+        let local = "a".repeat(64);
+        let domain = |len: usize| {
+            let labels = [
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(len - 63 - 63 - 6),
+            ];
+            format!("{}.{}.{}.com", labels[0], labels[1], labels[2])
+        };
+        let at_bound = format!("{local}@{}", domain(189));
+        assert_eq!(at_bound.len(), 254);
+        let mut v = raw();
+        v["to"]["email"] = json!(at_bound);
+        assert!(accepted(&v), "254 characters");
+        let over = format!("{local}@{}", domain(190));
+        assert_eq!(over.len(), 255);
+        v["to"]["email"] = json!(over);
+        assert!(reason(v).contains("is not a valid address"));
+    }
+
+    #[test]
+    fn locales_are_language_tags_of_at_most_35_characters() {
+        for ok in ["en", "ko-KR", "zh_Hant", &"a".repeat(35)] {
+            let mut v = raw();
+            v["locale"] = json!(ok);
+            assert!(accepted(&v), "{ok:?}");
+        }
+        for bad in ["", "en US", "ko;", "ko\n", &"a".repeat(36)] {
+            let mut v = raw();
+            v["locale"] = json!(bad);
+            assert!(reason(v).contains("is not a language tag"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn raw_content_needs_html_or_text_and_either_alone_will_do() {
+        for (html, text, ok) in [("<p>hi</p>", "", true), ("", "hi", true), ("", "", false)] {
+            let mut v = raw();
+            v["content"]["html"] = json!(html);
+            v["content"]["text"] = json!(text);
+            assert_eq!(accepted(&v), ok, "html {html:?}, text {text:?}");
+        }
+    }
+
+    #[test]
+    fn one_line_fields_refuse_every_line_break_and_nul_and_count_characters() {
+        for bad in ["a\rb", "a\nb", "a\0b"] {
+            let mut v = raw();
+            v["source"] = json!(bad);
+            assert!(reason(v).contains("must be one line"), "{bad:?}");
+        }
+        // `source` may be 100 characters (not bytes), and no more.
+        let mut v = raw();
+        v["source"] = json!("가".repeat(100));
+        assert!(accepted(&v), "100 characters");
+        v["source"] = json!("가".repeat(101));
+        assert!(reason(v).contains("longer than 100 characters"));
+    }
 }

@@ -232,3 +232,17 @@ pub async fn purge_expired(
     .execute(conn)
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_token_never_shows_in_debug_output() {
+        let token = SessionToken::generate();
+        assert_eq!(token.as_str().len(), 43);
+        let shown = format!("{token:?}");
+        assert_eq!(shown, "SessionToken(***)");
+        assert!(!shown.contains(token.as_str()));
+    }
+}

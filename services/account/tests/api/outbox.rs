@@ -90,6 +90,10 @@ async fn the_relay_wakes_right_after_the_commit() {
         "202 after {answered:?}, event on the broker after {:?}",
         started.elapsed()
     );
+    // The row keeps its audit trail: published at the first attempt.
+    let audited = "SELECT count(*) AS n FROM outbox WHERE routing_key = 'mail.send' \
+                   AND published_at IS NOT NULL AND attempts = 1 AND last_error IS NULL";
+    assert!(testkit::wait_until(WAIT, || async { app.count(audited).await == 1 }).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,15 @@ async fn an_event_no_queue_takes_stays_in_the_outbox_until_one_does() {
         .await,
         "the age of the kept row is reported"
     );
+    // Over that second or more the relay backed off (250 ms, doubling):
+    // a handful of tries, not a loop hammering the broker.
+    let tries = app
+        .count("SELECT attempts::bigint AS n FROM outbox WHERE routing_key = 'mail.send'")
+        .await;
+    assert!(
+        (1..=10).contains(&tries),
+        "{tries} tries: the relay backs off while the broker refuses"
+    );
     // A queue appears (the mailer starts): the next sweep delivers it.
     app.start_capture().await;
     let event = app.next_event(WAIT).await;

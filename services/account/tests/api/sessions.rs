@@ -150,6 +150,34 @@ async fn an_unverified_account_answers_like_a_wrong_password_and_gets_its_link_a
     );
 }
 
+/// The idle TTL counts from the last use: a use refreshes `last_seen_at`
+/// (at most once a minute, to spare the writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn using_a_session_refreshes_its_last_seen_time() {
+    let mut app = spawn_app().await;
+    verified_user(&mut app, "seen@example.com", "password-123").await;
+    app.post_json(
+        "/api/v1/login",
+        json!({"email": "seen@example.com", "password": "password-123"}),
+    )
+    .await;
+    app.exec("UPDATE sessions SET last_seen_at = now() - interval '10 minutes'")
+        .await;
+    assert_eq!(app.me().await.status(), 200);
+    let fresh =
+        "SELECT count(*) AS n FROM sessions WHERE last_seen_at > now() - interval '1 minute'";
+    // (Two sessions: the verifying client's and this login's; only the one
+    // used moves.)
+    assert_eq!(app.count(fresh).await, 1, "the use moved last_seen_at on");
+    // Within the minute, a use writes nothing.
+    app.exec("UPDATE sessions SET last_seen_at = now() - interval '20 seconds'")
+        .await;
+    assert_eq!(app.me().await.status(), 200);
+    let kept =
+        "SELECT count(*) AS n FROM sessions WHERE last_seen_at < now() - interval '15 seconds'";
+    assert_eq!(app.count(kept).await, 2, "no write within the resolution");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_sessions_do_not_authenticate() {
     let mut app = spawn_app().await;
