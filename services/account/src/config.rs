@@ -37,7 +37,7 @@ pub struct RateLimitSettings {
     /// `off` turns the per-client and per-address limits off (benchmarks, or behind a gateway that limits).
     #[arg(long = "rate-limits", value_name = "ON_OFF", env = "ACCOUNT_RATE_LIMITS", default_value = "on", value_parser = conf::boolean, action = ArgAction::Set)]
     pub enabled: bool,
-    /// Requests per client address per minute, for each of sign-up, resend and login.
+    /// Requests per client (an IPv4 address, or an IPv6 /64) per minute, for each action.
     #[arg(long = "rate-limit-client-per-minute", env = "ACCOUNT_RATE_LIMIT_CLIENT_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub client_per_minute: u32,
     /// Requests per e-mail address per hour, for each of sign-up and resend.

@@ -143,11 +143,33 @@ pub fn client_key(req: &HttpRequest, settings: &Settings) -> String {
             .map(str::trim)
             .filter(|v| !v.is_empty())
     {
-        return hop.to_owned();
+        return match hop.parse::<std::net::IpAddr>() {
+            Ok(ip) => address_key(ip),
+            // Not an address (a proxy's own notation): as is, bounded.
+            Err(_) => hop.chars().take(64).collect(),
+        };
     }
     req.peer_addr()
-        .map(|a| a.ip().to_string())
+        .map(|a| address_key(a.ip()))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The rate-limit key of a client address: IPv4 as is (an IPv4-mapped IPv6
+/// address too), IPv6 by its /64. One subscriber or host is handed a whole
+/// /64; keyed per address, a client rotating through it (2^64 addresses)
+/// would never meet a per-client limit.
+pub fn address_key(ip: std::net::IpAddr) -> String {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 /// The page language: `?lang=`, then Accept-Language, then the default.
@@ -191,5 +213,20 @@ pub fn fields<A, B>(
         (a, b) => Err(AppError::Validation(
             [a.err(), b.err()].into_iter().flatten().collect(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address_key;
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_and_ipv4_as_is() {
+        let key = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::/64");
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+        assert_eq!(key("203.0.113.9"), "203.0.113.9");
+        assert_eq!(key("::ffff:203.0.113.9"), "203.0.113.9");
     }
 }

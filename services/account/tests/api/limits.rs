@@ -217,3 +217,26 @@ async fn a_spoofed_x_forwarded_for_is_ignored_unless_the_proxy_is_trusted() {
     }
     assert_eq!(statuses, [401, 401, 401], "three forwarded clients");
 }
+
+/// An attacker with an IPv6 /64 (what one subscriber or host is handed)
+/// rotates through its addresses: each of them is the same client to the
+/// limits, so the rotation buys nothing; another /64 is another client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_through_an_ipv6_64_is_one_client() {
+    let app = spawn_app_with(limited(&[
+        ("ACCOUNT_RATE_LIMIT_CLIENT_PER_MINUTE", "3"),
+        ("ACCOUNT_RATE_LIMIT_ADDRESS_PER_HOUR", "100"),
+    ]))
+    .await;
+    let body =
+        |i: usize| json!({"email": format!("rotate{i}@example.com"), "password": "password-123"});
+    for i in 0..3 {
+        let from = format!("2001:db8:aa:bb:{i:x}::{:x}", 7 * i + 1);
+        let res = post_from(&app, &from, "/api/v1/signup", body(i)).await;
+        assert_eq!(res.status(), 202, "{from}");
+    }
+    let res = post_from(&app, "2001:db8:aa:bb:ffff::99", "/api/v1/signup", body(3)).await;
+    assert_eq!(res.status(), 429, "the fourth address of the same /64");
+    let res = post_from(&app, "2001:db8:aa:bc::1", "/api/v1/signup", body(4)).await;
+    assert_eq!(res.status(), 202, "another /64 is another client");
+}
