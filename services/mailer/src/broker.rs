@@ -4,11 +4,12 @@
 //! through the default exchange (so a retry never reaches other queues bound
 //! to the exchange), and the dead-letter queue `<prefix>.mailer.dead`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::Channel;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection};
 use shared::Topology;
 use shared::topology::MAIL_SEND_ROUTING_KEY;
 
@@ -84,45 +85,58 @@ pub async fn declare(
 /// How often [`report_depth`] looks at the queues.
 pub const DEPTH_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Until `channel` fails, every [`DEPTH_INTERVAL`] sets the gauge
+/// While `conn` is up, every [`DEPTH_INTERVAL`] sets the gauge
 /// `mailer_queue_messages{queue}` to the messages waiting in the work queue
 /// (`work`), in all retry queues together (`retry`) and in the dead-letter
 /// queue (`dead`), from passive declares: what the alert on mail piling up
-/// in the retry queues reads. Every mailer reports the same queues.
-pub async fn report_depth(channel: Channel, topology: Topology, delays: Vec<Duration>) {
+/// in the retry queues reads. Every mailer reports the same queues. A
+/// failed declare (a queue deleted by hand) closes the channel: the next
+/// one opens another, and a gauge whose queues did not all answer keeps
+/// its last value for that round.
+pub async fn report_depth(conn: Arc<Connection>, topology: Topology, delays: Vec<Duration>) {
+    let mut channel = None;
+    let mut tick = tokio::time::interval(DEPTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while conn.status().connected() {
+        tick.tick().await;
+        let mut retry = Some(0.0);
+        for delay in &delays {
+            let n = count(&conn, &mut channel, &topology.retry_queue(*delay)).await;
+            retry = retry.zip(n).map(|(sum, n)| sum + n);
+        }
+        let work = count(&conn, &mut channel, &topology.queue()).await;
+        let dead = count(&conn, &mut channel, &topology.dead_queue()).await;
+        for (queue, n) in [("work", work), ("retry", retry), ("dead", dead)] {
+            if let Some(n) = n {
+                metrics::gauge!("mailer_queue_messages", "queue" => queue).set(n);
+            }
+        }
+    }
+}
+
+/// Messages ready in `queue` by a passive declare on `channel`, opened on
+/// `conn` when there is none (a failed declare closes it: it is dropped).
+async fn count(conn: &Connection, channel: &mut Option<Channel>, queue: &str) -> Option<f64> {
+    let ch = match channel.as_ref().filter(|c| c.status().connected()) {
+        Some(ch) => ch.clone(),
+        None => {
+            let ch = conn.create_channel().await.ok()?;
+            *channel = Some(ch.clone());
+            ch
+        }
+    };
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()
     };
-    let mut tick = tokio::time::interval(DEPTH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let count = async |queue: String| {
-            channel
-                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                .await
-                .map(|q| f64::from(q.message_count()))
-        };
-        let mut retry = 0.0;
-        let mut gone = false;
-        for delay in &delays {
-            match count(topology.retry_queue(*delay)).await {
-                Ok(n) => retry += n,
-                Err(_) => gone = true,
-            }
+    match ch
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+    {
+        Ok(q) => Some(f64::from(q.message_count())),
+        Err(_) => {
+            *channel = None;
+            None
         }
-        let (Ok(work), Ok(dead), false) = (
-            count(topology.queue()).await,
-            count(topology.dead_queue()).await,
-            gone,
-        ) else {
-            // A queue deleted under us closes the channel; the next broker
-            // session starts a new reporter.
-            return;
-        };
-        metrics::gauge!("mailer_queue_messages", "queue" => "work").set(work);
-        metrics::gauge!("mailer_queue_messages", "queue" => "retry").set(retry);
-        metrics::gauge!("mailer_queue_messages", "queue" => "dead").set(dead);
     }
 }

@@ -84,7 +84,7 @@ impl Consumer {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("mailer@{}", std::process::id()).into());
         let connected = self.nodes.connect(props).await?;
-        let conn = connected.connection;
+        let conn = Arc::new(connected.connection);
         let consume = conn.create_channel().await?;
         crate::broker::declare(&consume, &s.topology, s.queue_type, &s.retry_delays).await?;
         let publish = conn.create_channel().await?;
@@ -104,7 +104,7 @@ impl Consumer {
             )
             .await?;
         let depth = tokio::spawn(crate::broker::report_depth(
-            conn.create_channel().await?,
+            conn.clone(),
             s.topology.clone(),
             s.retry_delays.to_vec(),
         ));

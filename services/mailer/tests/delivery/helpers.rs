@@ -306,6 +306,52 @@ impl Broker {
         Some(self.passive(queue).await?.consumer_count())
     }
 
+    /// Deletes a queue (as an operator might, by hand).
+    pub async fn delete_queue(&self, queue: &str) {
+        self.ch
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+
+    /// Declares a durable queue with `args` (string values).
+    pub async fn declare_with(&self, queue: &str, args: &[(&str, &str)]) {
+        let mut table = FieldTable::default();
+        for (k, v) in args {
+            table.insert(
+                (*k).into(),
+                lapin::types::AMQPValue::LongString((*v).into()),
+            );
+        }
+        self.ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                table,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Puts a message straight into `queue` (the default exchange), confirmed.
+    pub async fn put(&self, queue: &str, body: &[u8]) {
+        self.ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
     /// Takes every message from a queue: (headers as JSON-ish strings, body).
     pub async fn drain(&self, queue: &str) -> Vec<(BasicProperties, Vec<u8>)> {
         let mut out = Vec::new();

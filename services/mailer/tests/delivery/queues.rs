@@ -109,6 +109,30 @@ async fn the_mailer_reports_what_waits_in_its_retry_and_dead_letter_queues() {
         Some(2),
         "as the broker says"
     );
+
+    // An operator deletes the dead-letter queue by hand and declares it
+    // again: the reporter's declare fails once (closing its channel), and
+    // it goes on with a new channel rather than leaving the gauges stale.
+    let dead = env.topology.dead_queue();
+    broker.delete_queue(&dead).await;
+    // The gap spans a reporting round, so one declare meets the missing queue.
+    tokio::time::sleep(mailer::broker::DEPTH_INTERVAL + Duration::from_secs(1)).await;
+    broker.declare_with(&dead, &[]).await;
+    broker.put(&dead, b"one").await;
+    broker.put(&dead, b"two").await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            waiting(port, "dead").await == 2.0
+        })
+        .await,
+        "the reporter recovered: dead {}",
+        waiting(port, "dead").await
+    );
+    assert_eq!(
+        waiting(port, "retry").await,
+        2.0,
+        "and still reads the rest"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
