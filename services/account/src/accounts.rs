@@ -395,9 +395,28 @@ impl Accounts {
         Ok(sent)
     }
 
+    /// What a verification link says, if it opens (no database read).
+    pub fn verification_claims(&self, token: &str) -> Result<Claims, AccountError> {
+        Ok(self.keys.open(token::VERIFY_EMAIL, token, Utc::now())?)
+    }
+
     /// Opens a verification link and checks it is still the live one,
     /// changing nothing (what a page shows before the person confirms).
     pub async fn inspect_verification(&self, token: &str) -> Result<Claims, AccountError> {
+        Ok(self
+            .inspect_verification_by(token, &Client::default())
+            .await?
+            .0)
+    }
+
+    /// [`Self::inspect_verification`], and whether `client` is the browser
+    /// whose sign-up chose the password (the one the link alone verifies
+    /// for; by the binding stored with the account, as `verify` decides).
+    pub async fn inspect_verification_by(
+        &self,
+        token: &str,
+        client: &Client,
+    ) -> Result<(Claims, bool), AccountError> {
         let claims = self.keys.open(token::VERIFY_EMAIL, token, Utc::now())?;
         let mut conn = self.pool.get().await?;
         let user: Option<UserState> = users::table
@@ -406,8 +425,9 @@ impl Accounts {
             .first(&mut conn)
             .await
             .optional()?;
-        Self::check_verification(user, &claims)?;
-        Ok(claims)
+        let user = Self::check_verification(user, &claims)?;
+        let signed_up_here = user.signed_up_in(client);
+        Ok((claims, signed_up_here))
     }
 
     /// The account a verification link is for, if the link is its live one.
@@ -817,7 +837,10 @@ impl Accounts {
         password: Password,
         client: &Client,
     ) -> Result<SessionToken, AccountError> {
-        let claims = self.keys.open(token::RESET_PASSWORD, token, Utc::now())?;
+        // A used, replaced or forged link answers before the (slow) hash:
+        // otherwise any old link of one's own is a free argon2 sink. The
+        // check is made again under the row lock below.
+        let claims = self.inspect_reset(token).await?;
         let hash = self
             .hasher
             .hash(password, client.still_there.clone())

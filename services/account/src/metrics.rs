@@ -10,6 +10,7 @@
 //!   `password-needed`, `password-wrong`
 //! - `account_logins_total{outcome}`: `ok`, `not-verified`, `bad-credentials`
 //! - `account_resends_total{sent}`: `yes`, `no`
+//! - `account_hash_jobs_total`: argon2 jobs run (hashes and checks)
 //! - `account_outbox_published_total`
 //! - the gauges `account_outbox_backlog`, `account_outbox_oldest_seconds`
 //! - `account_events_total{type}`: every account event type, recorded into
@@ -68,6 +69,11 @@ pub fn describe() {
     for sent in ["yes", "no"] {
         metrics::counter!("account_resends_total", "sent" => sent).increment(0);
     }
+    metrics::describe_counter!(
+        "account_hash_jobs_total",
+        "argon2 jobs run: password hashes and password checks"
+    );
+    metrics::counter!("account_hash_jobs_total").increment(0);
     metrics::describe_counter!(
         "account_events_total",
         "Account events written to the outbox, by type"

@@ -291,6 +291,7 @@ impl Hasher {
             metrics::gauge!("account_hash_running").increment(1.0);
             let out = work(worker);
             metrics::gauge!("account_hash_running").decrement(1.0);
+            metrics::counter!("account_hash_jobs_total").increment(1);
             // A moving average over about eight hashes.
             let sample = started.elapsed().as_nanos().max(1) as u64;
             let old = hash_nanos.load(Ordering::Relaxed);

@@ -282,7 +282,12 @@ pub(crate) async fn verify(
         Some(p) => Some(Password::parse_login(p).map_err(|e| AppError::Validation(vec![e]))?),
     };
     let verified = match (body.token, body.email, body.code) {
-        (Some(token), _, _) => state.accounts.verify(&token, password, &client).await?,
+        (Some(token), _, _) => {
+            if password.is_some() {
+                super::limit_link_password(&req, &state, &token).await?;
+            }
+            state.accounts.verify(&token, password, &client).await?
+        }
         (None, email, code) => {
             let (email, code) = fields(
                 required(email, "email").and_then(|e| Email::parse(&e)),

@@ -203,6 +203,21 @@ pub async fn rate_limit(
     }
 }
 
+/// A password typed against a verification link counts as a login to the
+/// link's address from this client: whoever holds a leaked link guesses the
+/// sign-up's password no faster than at the login form, and cannot fill
+/// the hashing queue from one client. (Checked before the hash; a link
+/// that does not open answers its own error first.)
+pub async fn limit_link_password(
+    req: &HttpRequest,
+    state: &AppState,
+    token: &str,
+) -> Result<(), AppError> {
+    let claims = state.accounts.verification_claims(token)?;
+    let email = Email::parse(&claims.email).map_err(|e| AppError::Validation(vec![e]))?;
+    rate_limit(req, state, Action::Login, &email).await
+}
+
 /// Collects every field error at once, so a client can show them together.
 pub fn fields<A, B>(
     a: Result<A, FieldError>,

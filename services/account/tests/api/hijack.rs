@@ -181,6 +181,12 @@ async fn the_owners_click_does_not_verify_a_strangers_signup_of_their_address() 
         "still unverified"
     );
     assert_eq!(app.count("SELECT count(*) AS n FROM sessions").await, 0);
+    // The operator tells these refusals apart: four without a password
+    // (page, API, code page, code API), three with the wrong one.
+    for (outcome, n) in [("password-needed", 4.0), ("password-wrong", 3.0)] {
+        let series = format!("account_verifications_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(app.metric(&series).await, n, "{series}");
+    }
     assert_eq!(login(&app, "owner@example.com", STRANGER).await, 401);
     assert_eq!(
         app.count("SELECT verify_code_attempts::bigint AS n FROM users")
@@ -265,6 +271,12 @@ async fn a_stranger_who_signs_up_again_after_the_owner_cannot_ride_the_owners_cl
     let (third, _) = mail(&mut app, "late@example.com").await;
     let (status, _) = press(&app, &owner, &third, "").await;
     assert_eq!(status, 303);
+    // No replaced link comes back to life once the address is verified.
+    for dead in [&first, &second] {
+        let body = json!({"token": token_of(dead), "password": OWNER});
+        let res = verify_api(&app, &browser(), body).await;
+        assert_eq!(res.status(), 409, "{dead}");
+    }
     assert_eq!(login(&app, "late@example.com", STRANGER).await, 401);
     assert_eq!(login(&app, "late@example.com", OWNER).await, 200);
 }
@@ -350,4 +362,71 @@ async fn another_browser_verifies_with_the_signups_password_and_a_spa_without_it
     let res = verify_api(&app, &spa, json!({"token": token_of(&link)})).await;
     assert_eq!(res.status(), 200);
     assert!(session_set(res.headers()).is_some());
+}
+
+/// Whoever holds a leaked link but not the password guesses it no faster
+/// than at the login form (and cannot fill the hashing queue from one
+/// client): a password typed against a link counts as a login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_the_signups_password_through_a_link_is_limited_like_a_login() {
+    let mut app = spawn_app_with(
+        Options::default()
+            .env("ACCOUNT_RATE_LIMITS", "on")
+            .env("ACCOUNT_TRUST_FORWARDED_FOR", "true")
+            .env("ACCOUNT_RATE_LIMIT_LOGIN_PER_HOUR", "3"),
+    )
+    .await;
+    let phone = browser();
+    sign_up(&app, &phone, "leak@example.com", OWNER).await;
+    let (link, _) = mail(&mut app, "leak@example.com").await;
+    let guess = |i: usize, from: &'static str| {
+        let (url, token) = (app.url("/api/v1/verify"), token_of(&link));
+        async move {
+            browser()
+                .post(url)
+                .header("x-forwarded-for", from)
+                .json(&json!({"token": token, "password": format!("guess-{i}")}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for i in 0..3 {
+        assert_eq!(guess(i, "203.0.113.7").await, 403, "guess {i}");
+    }
+    assert_eq!(guess(3, "203.0.113.7").await, 429, "the fourth is refused");
+    // The page's form is the same door.
+    let attacker = browser();
+    let html = attacker
+        .get(&link)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let res = attacker
+        .post(app.url("/verify?lang=en"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .form(&[
+            ("token", token_of(&link).as_str()),
+            ("password", "guess-4"),
+            ("csrf", csrf_in(&html).as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(!verified(&app, "leak@example.com").await);
+    // The owner, elsewhere, is not held back.
+    let res = browser()
+        .post(app.url("/api/v1/verify"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .json(&json!({"token": token_of(&link), "password": OWNER}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
 }

@@ -7,7 +7,7 @@ use minijinja::context;
 use serde::Deserialize;
 
 use super::super::forms::{guard, page};
-use super::super::{Action, Jar, client, rate_limit, session_cookie};
+use super::super::{Action, Jar, client, limit_link_password, rate_limit, session_cookie};
 use crate::accounts::Verified;
 use crate::domain::{Email, Password};
 use crate::error::AppError;
@@ -39,17 +39,18 @@ pub(super) async fn verify_page(
             .views
             .error_page(&page, AppError::Token(TokenError::Malformed));
     };
-    match state.accounts.inspect_verification(&token).await {
-        Ok(claims) => {
-            let cookie = Jar::Binding.value(&req, &state.settings);
-            let same_browser = crate::binding::matches(cookie.as_deref(), claims.binding.as_ref());
-            state.views.render(
-                &page,
-                StatusCode::OK,
-                "verify.html",
-                context! { token, email => claims.email, same_browser },
-            )
-        }
+    let client = client(&req, &state.settings);
+    match state
+        .accounts
+        .inspect_verification_by(&token, &client)
+        .await
+    {
+        Ok((claims, same_browser)) => state.views.render(
+            &page,
+            StatusCode::OK,
+            "verify.html",
+            context! { token, email => claims.email, same_browser },
+        ),
         Err(e) => state.views.error_page(&page, e.into()),
     }
 }
@@ -97,6 +98,9 @@ pub(super) async fn verify(
         guard(&req, &state, &form.csrf)?;
         let client = client(&req, &state.settings);
         let password = typed(form.password)?;
+        if password.is_some() {
+            limit_link_password(&req, &state, &form.token).await?;
+        }
         Ok::<_, AppError>(
             state
                 .accounts
