@@ -1123,19 +1123,31 @@ impl Accounts {
     /// change, reset and verification links die (they name the old
     /// address or epoch), the old address gets a notice. Returns the old
     /// and the new address.
+    /// Only a browser signed in as the account that asked may confirm
+    /// (`NoSession` otherwise): the link goes to an address its account
+    /// does not own yet, and its owner, clicking a mail they never asked
+    /// for, would otherwise hand that address to whoever asked.
     pub async fn confirm_email_change(
         &self,
         token: &str,
+        session: Option<&str>,
     ) -> Result<(String, String), AccountError> {
         let claims = self.keys.open(token::CHANGE_EMAIL, token, Utc::now())?;
         let new_email =
             Email::parse(&claims.email).map_err(|_| AccountError::Token(TokenError::Forged))?;
         let mut conn = self.pool.get().await?;
-        let mails = &self.mails;
+        let (mails, settings) = (&self.mails, &self.settings);
         let changed = conn
             .transaction::<_, AccountError, _>(async |conn| {
                 let user = Self::lock(conn, claims.user_id).await?;
                 let user = Self::check_email_change(user, &claims)?;
+                let signed_in = match session {
+                    Some(s) => sessions::lookup(conn, s, settings.session_idle_ttl).await?,
+                    None => None,
+                };
+                if signed_in.map(|u| u.id) != Some(user.id) {
+                    return Err(AccountError::NoSession);
+                }
                 let updated = diesel::update(users::table.find(user.id))
                     .set((
                         users::email.eq(new_email.as_str()),

@@ -753,11 +753,12 @@ pub(crate) struct ConfirmEmailRequest {
     post,
     path = "/api/v1/email/confirm",
     tag = "account",
-    description = "Makes the link's new address the account's.",
+    description = "Makes the link's new address the account's. Only a client signed in as that account may (its session cookie): the new address's owner, clicking a change they never asked for, must not hand their address to the account that asked.",
     request_body = ConfirmEmailRequest,
     responses(
         (status = 200, description = "Changed", body = EmailChangedResponse),
         (status = 400, description = "The token is malformed, damaged, not ours or for another purpose; or the body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not signed in as the account that asked for the change; nothing changed", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The link was used or superseded, or the address was taken meanwhile", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The link has expired", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than 16 KiB", body = Problem, content_type = "application/problem+json"),
@@ -769,10 +770,15 @@ pub(crate) struct ConfirmEmailRequest {
 )]
 #[tracing::instrument(name = "api.confirm_email", skip_all)]
 pub(crate) async fn confirm_email(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<ConfirmEmailRequest>,
 ) -> Result<HttpResponse, AppError> {
     let token = one_field(required(body.into_inner().token, "token"))?;
-    let (_, email) = state.accounts.confirm_email_change(&token).await?;
+    let session = session_token(&req, &state.settings);
+    let (_, email) = state
+        .accounts
+        .confirm_email_change(&token, session.as_deref())
+        .await?;
     Ok(HttpResponse::Ok().json(json!({"status": "email-changed", "email": email})))
 }

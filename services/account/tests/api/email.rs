@@ -34,8 +34,10 @@ async fn change(app: &TestApp, client: &reqwest::Client, new: &str, password: &s
         .as_u16()
 }
 
-async fn confirm(app: &TestApp, token: &str) -> reqwest::Response {
-    browser()
+/// The confirm link posted by `client` (only the account that asked,
+/// signed in, may confirm).
+async fn confirm(app: &TestApp, client: &reqwest::Client, token: &str) -> reqwest::Response {
+    client
         .post(app.url("/api/v1/email/confirm"))
         .json(&json!({"token": token}))
         .send()
@@ -115,7 +117,7 @@ async fn the_address_changes_only_through_the_link_sent_to_the_new_one() {
     assert!(html.contains("minsu@example.com") && html.contains("Minsu.New@example.com"));
     assert_eq!(me(&app, &owner).await["email"], "minsu@example.com");
 
-    let res = confirm(&app, &token).await;
+    let res = confirm(&app, &owner, &token).await;
     assert_eq!(res.status(), 200);
     assert!(
         session_set(res.headers()).is_none(),
@@ -136,9 +138,9 @@ async fn the_address_changes_only_through_the_link_sent_to_the_new_one() {
         notice.raw
     );
     // Used once; the typo's link died with the change; the old reset link too.
-    assert_eq!(confirm(&app, &token).await.status(), 409);
+    assert_eq!(confirm(&app, &owner, &token).await.status(), 409);
     let typo_token = token_of(typo.raw["data"]["confirm_url"].as_str().unwrap());
-    assert_eq!(confirm(&app, &typo_token).await.status(), 409);
+    assert_eq!(confirm(&app, &owner, &typo_token).await.status(), 409);
     let res = browser()
         .post(app.url("/api/v1/password/reset"))
         .json(&json!({"token": reset, "password": "password-456"}))
@@ -185,7 +187,7 @@ async fn a_taken_address_gets_account_exists_and_a_race_for_it_is_a_409() {
             .status(),
         202
     );
-    let res = confirm(&app, &token).await;
+    let res = confirm(&app, &a, &token).await;
     assert_eq!(res.status(), 409);
     let problem: Value = res.json().await.unwrap();
     assert_eq!(problem["type"], "/problems/email-taken");

@@ -321,7 +321,7 @@ async fn an_email_change_during_a_broker_outage_is_told_exactly_once_when_it_is_
 
     // The broker goes away; the change still happens.
     broker.cut();
-    let res = browser()
+    let res = client
         .post(app.url("/api/v1/email/confirm"))
         .json(&json!({"token": token}))
         .send()

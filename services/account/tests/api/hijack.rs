@@ -430,3 +430,79 @@ async fn guessing_the_signups_password_through_a_link_is_limited_like_a_login() 
         .unwrap();
     assert_eq!(res.status(), 200);
 }
+
+/// The same trick through another door: a stranger with an account of
+/// their own asks to move it to the owner's address; the owner gets a
+/// "confirm your new address" mail they never asked for and presses its
+/// button. That click must not give the stranger's account (password,
+/// sessions) the owner's address: only a browser signed in as the account
+/// that asked confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_change_is_confirmed_only_by_the_account_that_asked() {
+    let mut app = spawn_app().await;
+    let stranger = browser();
+    sign_up(&app, &stranger, "s@example.com", STRANGER).await;
+    let (link, _) = mail(&mut app, "s@example.com").await;
+    let res = verify_api(&app, &stranger, json!({"token": token_of(&link)})).await;
+    assert_eq!(res.status(), 200);
+    let res = stranger
+        .post(app.url("/api/v1/email"))
+        .json(&json!({"new_email": "owner@example.com", "password": STRANGER}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let confirm = loop {
+        let e = app.next_event_to("owner@example.com").await;
+        if e.raw["template"] == "confirm_email_change" {
+            break e.raw["data"]["confirm_url"].as_str().unwrap().to_owned();
+        }
+    };
+    let token = token_of(&confirm);
+
+    // The owner, in their own browser (no session of that account), presses
+    // the button of the page, or an API client posts the token.
+    let owner = browser();
+    let csrf = app.csrf_of(&owner).await;
+    let res = owner
+        .post(app.url("/email/confirm?lang=en"))
+        .form(&[("token", token.as_str()), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains("Only the account that asked for this change"),
+        "{html}"
+    );
+    let res = owner
+        .post(app.url("/api/v1/email/confirm"))
+        .json(&json!({"token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        problem(res).await,
+        (401, "/problems/unauthorized".to_owned())
+    );
+    let me: Value = stranger
+        .get(app.url("/api/v1/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["email"], "s@example.com", "nothing changed");
+    assert_eq!(login(&app, "owner@example.com", STRANGER).await, 401);
+
+    // The account that asked, signed in, confirms (the link stayed good).
+    let res = stranger
+        .post(app.url("/api/v1/email/confirm"))
+        .json(&json!({"token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}

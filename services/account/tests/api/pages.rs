@@ -191,8 +191,9 @@ async fn health_readiness_on_both_listeners_and_metrics_only_on_the_admin_one() 
     for needle in [
         "http_requests_total{method=\"POST\",route=\"/api/v1/signup\",status=\"202\"}",
         "http_request_duration_seconds_bucket",
-        "account_signups_total{outcome=\"created\"}",
-        "account_verifications_total{outcome=\"token-invalid\"}",
+        // Moved by the sign-up and the garbage token, under their labels.
+        "account_signups_total{outcome=\"created\"} 1",
+        "account_verifications_total{outcome=\"token-invalid\"} 1",
         // At zero before any code was tried: the first wrong code is an increase.
         "account_verifications_total{outcome=\"code-invalid\"} 0",
         "account_verifications_total{outcome=\"verified-by-code\"} 0",

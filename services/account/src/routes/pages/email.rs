@@ -103,6 +103,7 @@ fn link_error(state: &AppState, page: &Page, err: AppError) -> HttpResponse {
         AppError::Token(_) => ("invalid_link_title", "change_invalid_body"),
         AppError::TokenUsed { .. } => ("used_link_title", "change_used_body"),
         AppError::EmailTaken => ("change_taken_title", "change_taken_body"),
+        AppError::Unauthorized => ("change_sign_in_title", "change_sign_in_body"),
         _ => return state.views.error_page(page, err),
     };
     err.log();
@@ -156,7 +157,13 @@ pub(super) async fn confirm(
     let page = page(&req, &state);
     let result = async {
         guard(&req, &state, &form.csrf)?;
-        Ok::<_, AppError>(state.accounts.confirm_email_change(&form.token).await?)
+        let session = session_token(&req, &state.settings);
+        Ok::<_, AppError>(
+            state
+                .accounts
+                .confirm_email_change(&form.token, session.as_deref())
+                .await?,
+        )
     }
     .await;
     match result {
