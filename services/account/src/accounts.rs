@@ -165,6 +165,7 @@ struct UserState {
     verify_code_hash: Option<Vec<u8>>,
     verify_code_attempts: i32,
     verify_binding: Option<Vec<u8>>,
+    verify_code_wrong_total: i32,
 }
 
 impl UserState {
@@ -628,12 +629,17 @@ impl Accounts {
                     AccountError::CodeInvalid
                 }));
             }
-            if user.verify_code_attempts >= code::MAX_ATTEMPTS {
+            if user.verify_code_attempts >= code::MAX_ATTEMPTS
+                || user.verify_code_wrong_total >= code::MAX_WRONG_IN_ALL
+            {
                 return Ok(Err(AccountError::CodeInvalid));
             }
             if !right {
                 diesel::update(users::table.find(user.id))
-                    .set(users::verify_code_attempts.eq(user.verify_code_attempts + 1))
+                    .set((
+                        users::verify_code_attempts.eq(user.verify_code_attempts + 1),
+                        users::verify_code_wrong_total.eq(user.verify_code_wrong_total + 1),
+                    ))
                     .execute(conn)
                     .await?;
                 return Ok(Err(AccountError::CodeInvalid));

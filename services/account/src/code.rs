@@ -13,6 +13,11 @@ use crate::token::{KeyRing, VERIFY_CODE};
 /// Wrong guesses an address gets before its code is dead.
 pub const MAX_ATTEMPTS: i32 = 5;
 
+/// Wrong guesses an address gets in all, over every code it is sent, before
+/// the code path is closed to it until it is verified (the link still
+/// works). New mails bring new codes; this does not start again.
+pub const MAX_WRONG_IN_ALL: i32 = 10;
+
 /// Six ASCII digits. Never logged, never stored.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Code(String);

@@ -16,6 +16,7 @@ diesel::table! {
         verify_code_hash -> Nullable<Bytea>,
         verify_code_attempts -> Int4,
         verify_binding -> Nullable<Bytea>,
+        verify_code_wrong_total -> Int4,
     }
 }
 

@@ -506,3 +506,47 @@ async fn an_address_change_is_confirmed_only_by_the_account_that_asked() {
         .unwrap();
     assert_eq!(res.status(), 200);
 }
+
+/// From the sign-up's own browser a stranger may verify with the code alone
+/// (it chose the password), so a right guess would verify the victim's
+/// address with the stranger's password. Five tries per code, and every
+/// new mail (a sign-up again, a resend, a login to the unverified account)
+/// brings a new code: guesses must not start again with each. After ten
+/// wrong in all only the link (in the victim's mailbox) verifies.
+/// A code for victim@example.com posted by `client`, without a password.
+async fn guess(app: &TestApp, client: &reqwest::Client, code: &str) -> u16 {
+    let body = json!({"email": "victim@example.com", "code": code});
+    verify_api(app, client, body).await.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_codes_do_not_renew_a_strangers_guesses() {
+    let mut app = spawn_app().await;
+    let stranger = browser();
+    let mut right = String::new();
+    let mut link = String::new();
+    for round in 0..3 {
+        sign_up(&app, &stranger, "victim@example.com", STRANGER).await;
+        (link, right) = mail(&mut app, "victim@example.com").await;
+        let wrong = |i: u32| format!("{:06}", (right.parse::<u32>().unwrap() + 1 + i) % 1_000_000);
+        for i in 0..5 {
+            assert_eq!(
+                guess(&app, &stranger, &wrong(i)).await,
+                400,
+                "round {round}, guess {i}"
+            );
+        }
+    }
+    // Ten wrong in all: the newest code, right, no longer verifies.
+    assert_eq!(guess(&app, &stranger, &right).await, 400);
+    assert!(!verified(&app, "victim@example.com").await);
+    assert_eq!(
+        app.count("SELECT verify_code_wrong_total::bigint AS n FROM users")
+            .await,
+        10,
+        "counted up to the cap, then refused without counting"
+    );
+    // The link, which only the mailbox's owner has, still works.
+    let res = verify_api(&app, &stranger, json!({"token": token_of(&link)})).await;
+    assert_eq!(res.status(), 200);
+}

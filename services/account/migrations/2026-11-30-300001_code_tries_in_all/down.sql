@@ -1,0 +1,1 @@
+ALTER TABLE users DROP COLUMN verify_code_wrong_total;
