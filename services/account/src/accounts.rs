@@ -66,7 +66,7 @@ pub enum AccountError {
     Abandoned,
     #[error(transparent)]
     Token(#[from] TokenError),
-    #[error("the link was already used or replaced by a newer one")]
+    #[error("the link or code was already used, or a newer mail replaced it")]
     TokenUsed { email: String },
     /// A verification from a browser other than the sign-up's, without the
     /// sign-up's password (`wrong`: with another one). Nothing changed: the

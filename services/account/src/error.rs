@@ -39,7 +39,7 @@ pub enum AppError {
     Forbidden(&'static str),
     #[error(transparent)]
     Token(#[from] TokenError),
-    #[error("the link was already used or replaced by a newer one")]
+    #[error("the link or code was already used, or a newer mail replaced it")]
     TokenUsed { email: String },
     #[error("the code is wrong, expired or was tried too often; ask for a new mail")]
     CodeInvalid,

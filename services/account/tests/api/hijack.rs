@@ -112,6 +112,21 @@ async fn the_owners_click_does_not_verify_a_strangers_signup_of_their_address() 
     assert!(!html.contains("<script"), "{html}");
     assert!(html.contains(r#"name="password""#), "{html}");
     assert!(html.contains("/password/forgot"), "offers a reset: {html}");
+    // ...whose form already names the address.
+    let forgot = app.url("/password/forgot?lang=en&email=owner%40example.com");
+    let form = owner
+        .get(&forgot)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(form.contains(r#"value="owner@example.com""#), "{form}");
+    assert!(
+        html.contains("/password/forgot?lang=en&amp;email=owner%40example.com"),
+        "{html}"
+    );
 
     // Pressing the button without it, or with the owner's own password,
     // changes nothing.

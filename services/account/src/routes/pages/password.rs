@@ -17,11 +17,17 @@ use crate::state::AppState;
 use crate::token::TokenError;
 use crate::views::Page;
 
+/// `?email=` fills the field in (the verification page links here with
+/// the address it names); anything longer than an address is ignored.
 pub(super) async fn forgot_form(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let page = page(&req, &state);
+    let email = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "email")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| v.len() <= 254);
     state
         .views
-        .render(&page, StatusCode::OK, "forgot.html", context! {})
+        .render(&page, StatusCode::OK, "forgot.html", context! { email })
 }
 
 #[derive(Deserialize)]
