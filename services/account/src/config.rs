@@ -123,7 +123,7 @@ pub struct Settings {
     pub cookie_secure: bool,
     #[command(flatten)]
     pub rate_limits: RateLimitSettings,
-    /// Key client limits on the last `X-Forwarded-For` hop (only behind your proxy).
+    /// Key client limits on the last hop of the last `X-Forwarded-For` line (only behind your proxy).
     #[arg(long, env = "ACCOUNT_TRUST_FORWARDED_FOR", default_value = "false", value_parser = conf::boolean, action = ArgAction::Set)]
     pub trust_forwarded_for: bool,
     /// Minimum time between two verification mails to one address.

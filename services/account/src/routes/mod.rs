@@ -134,24 +134,40 @@ pub fn client(req: &HttpRequest, settings: &Settings) -> Client {
 /// The client address rate limits key on: the peer, or the last X-Forwarded-For
 /// hop when the operator says a proxy sets it.
 pub fn client_key(req: &HttpRequest, settings: &Settings) -> String {
+    // The last hop of the last header line: a proxy that adds a line of its
+    // own (HAProxy) rather than joining the client's must win over the
+    // client's line, which `get` (the first line) would read.
     if settings.trust_forwarded_for
-        && let Some(hop) = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
+        && let Some(line) = req.headers().get_all("x-forwarded-for").last()
     {
-        return match hop.parse::<std::net::IpAddr>() {
-            Ok(ip) => address_key(ip),
-            // Not an address (a proxy's own notation): as is, bounded.
-            Err(_) => hop.chars().take(64).collect(),
-        };
+        let line = String::from_utf8_lossy(line.as_bytes());
+        let hop = line.rsplit(',').next().map(str::trim).unwrap_or_default();
+        if !hop.is_empty() {
+            return match hop_address(hop) {
+                Some(ip) => address_key(ip),
+                // Not an address (a proxy's own notation): as is, bounded.
+                None => hop.chars().take(64).collect(),
+            };
+        }
     }
     req.peer_addr()
         .map(|a| address_key(a.ip()))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The address in a forwarded hop: `203.0.113.9`, `2001:db8::1`, with a
+/// port (`203.0.113.9:5555`, `[2001:db8::1]:443`), bracketed, or with a zone
+/// (`fe80::1%eth0`). A port must not make a new client of each connection.
+fn hop_address(hop: &str) -> Option<std::net::IpAddr> {
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    if let Ok(sock) = hop.parse::<std::net::SocketAddr>() {
+        return Some(sock.ip());
+    }
+    let bare = hop.trim_start_matches('[').trim_end_matches(']');
+    let bare = bare.split('%').next().unwrap_or(bare);
+    bare.parse().ok()
 }
 
 /// The rate-limit key of a client address: IPv4 as is (an IPv4-mapped IPv6
@@ -233,7 +249,18 @@ pub fn fields<A, B>(
 
 #[cfg(test)]
 mod tests {
-    use super::address_key;
+    use super::{address_key, hop_address};
+
+    #[test]
+    fn forwarded_hops_with_ports_brackets_or_zones_are_their_address() {
+        let ip = |s: &str| hop_address(s).map(|a| a.to_string());
+        assert_eq!(ip("203.0.113.9").as_deref(), Some("203.0.113.9"));
+        assert_eq!(ip("203.0.113.9:5555").as_deref(), Some("203.0.113.9"));
+        assert_eq!(ip("[2001:db8::1]:443").as_deref(), Some("2001:db8::1"));
+        assert_eq!(ip("[2001:db8::1]").as_deref(), Some("2001:db8::1"));
+        assert_eq!(ip("fe80::1%eth0").as_deref(), Some("fe80::1"));
+        assert_eq!(ip("unknown"), None);
+    }
 
     #[test]
     fn ipv6_clients_are_keyed_by_their_64_and_ipv4_as_is() {

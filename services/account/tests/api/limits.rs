@@ -240,3 +240,39 @@ async fn rotating_through_an_ipv6_64_is_one_client() {
     let res = post_from(&app, "2001:db8:aa:bc::1", "/api/v1/signup", body(4)).await;
     assert_eq!(res.status(), 202, "another /64 is another client");
 }
+
+/// Behind a proxy that adds its own X-Forwarded-For line (HAProxy) rather
+/// than joining the client's, the client's own line comes first: the
+/// client must not pick its key there. Nor may a hop's port make a new
+/// client of every connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_last_hop_is_the_client_whatever_the_client_writes() {
+    let app = spawn_app_with(limited(&[
+        ("ACCOUNT_RATE_LIMIT_CLIENT_PER_MINUTE", "3"),
+        ("ACCOUNT_RATE_LIMIT_ADDRESS_PER_HOUR", "100"),
+    ]))
+    .await;
+    let signup = |i: usize, lines: Vec<String>| {
+        let mut req = app
+            .client
+            .post(app.url("/api/v1/signup"))
+            .json(&json!({"email": format!("hop{i}@example.com"), "password": "password-123"}));
+        for line in lines {
+            req = req.header("x-forwarded-for", line);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    for i in 0..3 {
+        let lines = vec![format!("198.51.100.{i}"), "203.0.113.50".to_owned()];
+        assert_eq!(signup(i, lines).await, 202);
+    }
+    let lines = vec!["198.51.100.99".to_owned(), "203.0.113.50".to_owned()];
+    assert_eq!(signup(3, lines).await, 429, "the proxy's line decides");
+
+    for i in 0..3 {
+        let lines = vec![format!("203.0.113.60:{}", 40000 + i)];
+        assert_eq!(signup(10 + i, lines).await, 202);
+    }
+    let lines = vec!["203.0.113.60:49999".to_owned()];
+    assert_eq!(signup(13, lines).await, 429, "a port is not a client");
+}
