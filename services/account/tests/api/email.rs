@@ -106,15 +106,22 @@ async fn the_address_changes_only_through_the_link_sent_to_the_new_one() {
     assert_eq!(mail.raw["locale"], "ko");
     let url = mail.raw["data"]["confirm_url"].as_str().unwrap();
     let token = token_of(url);
-    // GET names both addresses and changes nothing (mail scanners).
-    let page = browser()
-        .get(app.url(&format!("/email/confirm?token={token}&lang=ko")))
-        .send()
-        .await
-        .unwrap();
+    // GET changes nothing (mail scanners). Signed in as the account, it
+    // names both addresses; anywhere else it says to sign in first.
+    let get = |client: reqwest::Client| {
+        let url = app.url(&format!("/email/confirm?token={token}&lang=ko"));
+        async move { client.get(url).send().await.unwrap() }
+    };
+    let page = get(owner.clone()).await;
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains("minsu@example.com") && html.contains("Minsu.New@example.com"));
+    let elsewhere = get(browser()).await.text().await.unwrap();
+    assert!(
+        elsewhere.contains("이 변경은 요청한 계정에서만"),
+        "{elsewhere}"
+    );
+    assert!(!elsewhere.contains("Minsu.New@example.com"), "{elsewhere}");
     assert_eq!(me(&app, &owner).await["email"], "minsu@example.com");
 
     let res = confirm(&app, &owner, &token).await;

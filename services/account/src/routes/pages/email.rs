@@ -131,12 +131,29 @@ pub(super) async fn confirm_page(
     let page = page(&req, &state);
     let token = q.into_inner().token.unwrap_or_default();
     match state.accounts.inspect_email_change(&token).await {
-        Ok((claims, current)) => state.views.render(
-            &page,
-            StatusCode::OK,
-            "email_confirm.html",
-            context! { token, old_email => current, new_email => claims.email },
-        ),
+        Ok((claims, current)) => {
+            // Only the account that asked confirms: say so before a press,
+            // in a browser (a phone's mail app, say) not signed in as it.
+            let me = match session_token(&req, &state.settings) {
+                Some(s) => state.accounts.me(&s).await.ok(),
+                None => None,
+            };
+            if me.is_none_or(|u| u.id != claims.user_id) {
+                return state.views.notice(
+                    &page,
+                    StatusCode::OK,
+                    "change_sign_in_title",
+                    "change_sign_in_body",
+                    context! { show_login => true },
+                );
+            }
+            state.views.render(
+                &page,
+                StatusCode::OK,
+                "email_confirm.html",
+                context! { token, old_email => current, new_email => claims.email },
+            )
+        }
         Err(e) => link_error(&state, &page, e.into()),
     }
 }
