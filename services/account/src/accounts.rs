@@ -396,6 +396,11 @@ impl Accounts {
         Ok(sent)
     }
 
+    /// What a reset link says, if it opens (no database read).
+    pub fn reset_claims(&self, token: &str) -> Result<Claims, AccountError> {
+        Ok(self.keys.open(token::RESET_PASSWORD, token, Utc::now())?)
+    }
+
     /// What a verification link says, if it opens (no database read).
     pub fn verification_claims(&self, token: &str) -> Result<Claims, AccountError> {
         Ok(self.keys.open(token::VERIFY_EMAIL, token, Utc::now())?)

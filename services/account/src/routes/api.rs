@@ -498,6 +498,7 @@ pub(crate) struct ResetRequest {
         (status = 413, description = "The body is larger than 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is missing or invalid; `errors` names each", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many password checks from this client for this address (a reset counts as a login); see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A backing service is unavailable or the hashing queue is full; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "An internal error (logged)", body = Problem, content_type = "application/problem+json")
     )
@@ -513,6 +514,7 @@ pub(crate) async fn reset(
         required(body.token, "token"),
         required(body.password, "password").and_then(Password::parse_new),
     )?;
+    super::limit_reset(&req, &state, &token).await?;
     let client = Client {
         session: None,
         ..client(&req, &state.settings)

@@ -219,6 +219,14 @@ pub async fn rate_limit(
     }
 }
 
+/// A new password sent with a reset link counts as a login to the link's
+/// address from this client: one live link fired in parallel must not fill
+/// the hashing queue (each request would hash before the first commits).
+pub async fn limit_reset(req: &HttpRequest, state: &AppState, token: &str) -> Result<(), AppError> {
+    let claims = state.accounts.reset_claims(token)?;
+    rate_limit(req, state, Action::Login, &Email::stored(claims.email)).await
+}
+
 /// A password typed against a verification link counts as a login to the
 /// link's address from this client: whoever holds a leaked link guesses the
 /// sign-up's password no faster than at the login form, and cannot fill

@@ -276,3 +276,33 @@ async fn the_proxys_last_hop_is_the_client_whatever_the_client_writes() {
     let lines = vec!["203.0.113.60:49999".to_owned()];
     assert_eq!(signup(13, lines).await, 429, "a port is not a client");
 }
+
+/// A reset link fired again and again (in parallel, each request would hash
+/// its new password before the first commits) counts as logins to its
+/// address from that client: the hashing queue stays for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_link_fired_again_and_again_is_limited_like_a_login() {
+    let mut app = spawn_app_with(limited(&[("ACCOUNT_RATE_LIMIT_LOGIN_PER_HOUR", "3")])).await;
+    verified(&mut app, "resets@example.com", "password-123").await;
+    let res = post_from(
+        &app,
+        "203.0.113.7",
+        "/api/v1/password/forgot",
+        json!({"email": "resets@example.com"}),
+    )
+    .await;
+    assert_eq!(res.status(), 202);
+    let link = loop {
+        let e = app.next_event_to("resets@example.com").await;
+        if e.raw["template"] == "reset_password" {
+            break e.raw["data"]["reset_url"].as_str().unwrap().to_owned();
+        }
+    };
+    let body = json!({"token": token_of(&link), "password": "a brand new password"});
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let res = post_from(&app, "203.0.113.7", "/api/v1/password/reset", body.clone()).await;
+        answers.push(res.status().as_u16());
+    }
+    assert_eq!(answers, [200, 409, 409, 429]);
+}

@@ -154,6 +154,7 @@ pub(super) async fn reset(
         guard(&req, &state, &form.csrf)?;
         let password =
             Password::parse_new(form.password).map_err(|e| AppError::Validation(vec![e]))?;
+        super::super::limit_reset(&req, &state, &form.token).await?;
         let client = Client {
             session: None,
             ..client(&req, &state.settings)
