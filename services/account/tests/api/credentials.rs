@@ -485,3 +485,49 @@ async fn accounts_never_verified_expire_through_housekeeping() {
         "verified accounts and recent sign-ups stay"
     );
 }
+
+/// Every credential change moves its epoch on, and no older link comes
+/// back to life whatever the order of the changes: a verification link of
+/// a replaced sign-up after a reset, a reset link used before a password
+/// change, a pending reset link after one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_older_link_comes_back_to_life_after_any_credential_change() {
+    let mut app = spawn_app().await;
+    let email = "epochs@example.com";
+    let verify_link = async |app: &mut TestApp| {
+        assert_eq!(app.signup(email, "password-123").await.status(), 202);
+        token_of(&verify_url(&app.next_event_to(email).await))
+    };
+    let v0 = verify_link(&mut app).await;
+    let v1 = verify_link(&mut app).await;
+    forgot(&app, &browser(), email).await;
+    let r0 = token_of(&reset_link(&mut app, email).await);
+    assert_eq!(
+        reset(&app, &app.client, &r0, "password-456").await.status(),
+        200
+    );
+    forgot(&app, &browser(), email).await;
+    let r1 = token_of(&reset_link(&mut app, email).await);
+    let res = app
+        .post_json(
+            "/api/v1/password",
+            json!({"current_password": "password-456", "new_password": "password-789"}),
+        )
+        .await;
+    assert_eq!(res.status(), 204);
+    for (what, token) in [("verify v0", &v0), ("verify v1", &v1)] {
+        let body = json!({"token": token, "password": "password-789"});
+        let res = browser()
+            .post(app.url("/api/v1/verify"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 409, "{what}");
+    }
+    for (what, token) in [("reset r0", &r0), ("reset r1", &r1)] {
+        let res = reset(&app, &browser(), token, "password-000").await;
+        assert_eq!(res.status(), 409, "{what}");
+    }
+    assert_eq!(login(&app, &browser(), email, "password-789").await, 200);
+}
