@@ -33,12 +33,7 @@ async fn forgot(app: &TestApp, client: &reqwest::Client, email: &str) -> reqwest
 
 /// The reset link of the next `reset_password` event to `email`.
 async fn reset_link(app: &mut TestApp, email: &str) -> String {
-    loop {
-        let e = app.next_event_to(email).await;
-        if e.raw["template"] == "reset_password" {
-            return e.raw["data"]["reset_url"].as_str().unwrap().to_owned();
-        }
-    }
+    app.next_link(email, "reset_password", "reset_url").await
 }
 
 async fn reset(

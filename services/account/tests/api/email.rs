@@ -76,12 +76,10 @@ async fn the_address_changes_only_through_the_link_sent_to_the_new_one() {
         .send()
         .await
         .unwrap();
-    let reset = loop {
-        let e = app.next_event_to("minsu@example.com").await;
-        if e.raw["template"] == "reset_password" {
-            break token_of(e.raw["data"]["reset_url"].as_str().unwrap());
-        }
-    };
+    let reset = token_of(
+        &app.next_link("minsu@example.com", "reset_password", "reset_url")
+            .await,
+    );
 
     assert_eq!(
         change(&app, &owner, "new@example.com", "wrong-password").await,

@@ -335,6 +335,22 @@ impl TestApp {
         }
     }
 
+    /// The next event to `to` of `template`, skipping that address's others.
+    pub async fn next_mail(&mut self, to: &str, template: &str) -> Captured {
+        loop {
+            let event = self.next_event_to(to).await;
+            if event.raw["template"] == template {
+                return event;
+            }
+        }
+    }
+
+    /// A field of the `data` of the next `template` mail to `to` (a link).
+    pub async fn next_link(&mut self, to: &str, template: &str, field: &str) -> String {
+        let event = self.next_mail(to, template).await;
+        event.raw["data"][field].as_str().unwrap().to_owned()
+    }
+
     /// The next event on the broker within `wait`, if any.
     pub async fn try_next_event(&mut self, wait: Duration) -> Option<Captured> {
         let consumer = &mut self.capture.as_mut().expect("capture is on").consumer;

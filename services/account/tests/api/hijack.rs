@@ -28,14 +28,26 @@ async fn sign_up(app: &TestApp, client: &reqwest::Client, email: &str, password:
 
 /// The link (on this app) and code of the next verification mail to `email`.
 async fn mail(app: &mut TestApp, email: &str) -> (String, String) {
-    loop {
-        let e = app.next_event_to(email).await;
-        if e.raw["template"] == "verify_email" {
-            let code = e.raw["data"]["code"].as_str().unwrap().to_owned();
-            let link = verify_url(&e).replace("http://127.0.0.1:8080", &app.base);
-            return (link, code);
-        }
-    }
+    let e = app.next_mail(email, "verify_email").await;
+    let code = e.raw["data"]["code"].as_str().unwrap().to_owned();
+    let link = verify_url(&e).replace("http://127.0.0.1:8080", &app.base);
+    (link, code)
+}
+
+/// The code page's form posted by `client`, without a password.
+async fn type_code(
+    app: &TestApp,
+    client: &reqwest::Client,
+    email: &str,
+    code: &str,
+) -> reqwest::Response {
+    let csrf = app.csrf_of(client).await;
+    client
+        .post(app.url("/verify/code?lang=en"))
+        .form(&[("email", email), ("code", code), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn verified(app: &TestApp, email: &str) -> bool {
@@ -157,17 +169,7 @@ async fn the_owners_click_does_not_verify_a_strangers_signup_of_their_address() 
     assert_eq!((status, body.as_str()), (403, "/problems/password-wrong"));
 
     // The code of the same mail, typed in the owner's browser: the same.
-    let csrf = app.csrf_of(&owner).await;
-    let res = owner
-        .post(app.url("/verify/code?lang=en"))
-        .form(&[
-            ("email", "owner@example.com"),
-            ("code", code.as_str()),
-            ("csrf", csrf.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let res = type_code(&app, &owner, "owner@example.com", &code).await;
     assert_eq!(res.status(), 403);
     assert!(session_set(res.headers()).is_none());
     let (status, body) = problem(
@@ -219,12 +221,9 @@ async fn the_owners_click_does_not_verify_a_strangers_signup_of_their_address() 
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
-    let reset_url = loop {
-        let e = app.next_event_to("owner@example.com").await;
-        if e.raw["template"] == "reset_password" {
-            break e.raw["data"]["reset_url"].as_str().unwrap().to_owned();
-        }
-    };
+    let reset_url = app
+        .next_link("owner@example.com", "reset_password", "reset_url")
+        .await;
     let res = owner
         .post(app.url("/api/v1/password/reset"))
         .json(&json!({"token": token_of(&reset_url), "password": OWNER}))
@@ -321,17 +320,7 @@ async fn a_resend_binds_the_link_to_the_signups_browser_not_to_the_one_asking() 
         "not the browser that signed up: {html}"
     );
     assert_eq!(press(&app, &owner, &link, "").await.0, 403);
-    let csrf = app.csrf_of(&owner).await;
-    let res = owner
-        .post(app.url("/verify/code?lang=en"))
-        .form(&[
-            ("email", "resend@example.com"),
-            ("code", code.as_str()),
-            ("csrf", csrf.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let res = type_code(&app, &owner, "resend@example.com", &code).await;
     assert_eq!(res.status(), 403);
     let html = res.text().await.unwrap();
     assert!(
@@ -467,12 +456,9 @@ async fn an_address_change_is_confirmed_only_by_the_account_that_asked() {
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
-    let confirm = loop {
-        let e = app.next_event_to("owner@example.com").await;
-        if e.raw["template"] == "confirm_email_change" {
-            break e.raw["data"]["confirm_url"].as_str().unwrap().to_owned();
-        }
-    };
+    let confirm = app
+        .next_link("owner@example.com", "confirm_email_change", "confirm_url")
+        .await;
     let token = token_of(&confirm);
 
     // The owner, in their own browser (no session of that account), presses

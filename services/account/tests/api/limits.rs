@@ -292,12 +292,9 @@ async fn a_reset_link_fired_again_and_again_is_limited_like_a_login() {
     )
     .await;
     assert_eq!(res.status(), 202);
-    let link = loop {
-        let e = app.next_event_to("resets@example.com").await;
-        if e.raw["template"] == "reset_password" {
-            break e.raw["data"]["reset_url"].as_str().unwrap().to_owned();
-        }
-    };
+    let link = app
+        .next_link("resets@example.com", "reset_password", "reset_url")
+        .await;
     let body = json!({"token": token_of(&link), "password": "a brand new password"});
     let mut answers = Vec::new();
     for _ in 0..4 {

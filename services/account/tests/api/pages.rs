@@ -309,12 +309,7 @@ async fn the_credential_pages_work_as_plain_forms_in_korean() {
         .await;
     assert_eq!(status, 422);
 
-    let link = loop {
-        let e = app.next_event_to(email).await;
-        if e.raw["template"] == "reset_password" {
-            break e.raw["data"]["reset_url"].as_str().unwrap().to_owned();
-        }
-    };
+    let link = app.next_link(email, "reset_password", "reset_url").await;
     let reset = token_of(&link);
     let page = app
         .client
